@@ -1,0 +1,97 @@
+//! One typed model per message, shared by services, console and CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// Answer of `GET /appliance/api/v1/status` and of the console's local `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub version: String,
+    /// Active root slot, `a` or `b`; `unknown` outside the image.
+    pub slot: String,
+    pub hostname: String,
+    pub uptime_seconds: u64,
+    pub kernel: String,
+    /// Current time, RFC 3339, UTC.
+    pub time: String,
+    /// The root filesystem is mounted read-only (from /proc/self/mountinfo).
+    pub root_readonly: bool,
+    pub addresses: Vec<InterfaceAddress>,
+    pub certificate: CertificateSummary,
+    pub processes: Vec<ProcessMemory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub interface: String,
+    /// CIDR form, e.g. `10.0.2.15/24` or `fe80::1/64`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// SHA-256 over the DER certificate, 64 lowercase hex digits.
+    pub sha256_fingerprint: String,
+    pub subject: String,
+    pub not_after: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessMemory {
+    pub name: String,
+    pub pid: u32,
+    pub rss_kib: u64,
+}
+
+/// What the local console banner needs (console-local API only: it carries the
+/// setup code, which must never leave the box except on its own screen).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Banner {
+    pub version: String,
+    pub urls: Vec<String>,
+    /// Present while no admin password is set.
+    pub setup_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupRequest {
+    pub setup_code: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    #[serde(default = "admin")]
+    pub username: String,
+    pub password: String,
+}
+
+fn admin() -> String {
+    "admin".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionGranted {
+    pub csrf_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupState {
+    pub setup_required: bool,
+}
+
+/// Every error answer: `{"error": "..."}` with a 4xx/5xx status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_username_defaults_to_admin() {
+        let r: LoginRequest = serde_json::from_str(r#"{"password":"x"}"#).unwrap();
+        assert_eq!(r.username, "admin");
+    }
+}

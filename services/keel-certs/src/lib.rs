@@ -1,0 +1,245 @@
+//! Certificate store of the appliance. For now: the self-signed identity made on
+//! first boot, loading it for rustls, and the facts the console shows about it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("no certificate found in PEM data")]
+    NoCertificate,
+    #[error("no private key found in PEM data")]
+    NoKey,
+    #[error("malformed PEM: {0}")]
+    Pem(String),
+    #[error("malformed certificate: {0}")]
+    X509(String),
+    #[error("private key not usable for TLS: {0}")]
+    Key(String),
+    #[error(transparent)]
+    Store(#[from] keel_core::StoreError),
+}
+
+/// A certificate chain and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Identity {
+    // Never print the key, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What the console shows about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub sha256_fingerprint: String,
+    pub subject: String,
+    pub not_after: String,
+}
+
+/// Makes a fresh ECDSA P-256 key and a self-signed certificate for `hostname` and
+/// every address in `ips` (all as SANs), valid from yesterday for `days` days.
+pub fn generate_self_signed(
+    hostname: &str,
+    ips: &[IpAddr],
+    days: i64,
+) -> Result<Identity, CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![hostname.to_owned()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, hostname);
+    dn.push(DnType::OrganizationName, "Keel appliance (self-signed)");
+    params.distinguished_name = dn;
+    params
+        .subject_alt_names
+        .extend(ips.iter().copied().map(SanType::IpAddress));
+    // Yesterday: a client whose clock lags a little still accepts it.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    let cert = params.self_signed(&key)?;
+    Ok(Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Certificates of a PEM bundle, leaf first.
+pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|e| CertError::Pem(e.to_string()))?
+        .ok_or(CertError::NoKey)
+}
+
+/// SHA-256 fingerprint of a DER certificate, lowercase hex without separators.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// Facts about the leaf certificate of `pem`.
+pub fn info(pem: &str) -> Result<CertInfo, CertError> {
+    let certs = parse_certs(pem)?;
+    let leaf = &certs[0];
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| CertError::X509(e.to_string()))?;
+    let not_after = parsed
+        .validity()
+        .not_after
+        .to_datetime()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| CertError::X509(e.to_string()))?;
+    Ok(CertInfo {
+        sha256_fingerprint: fingerprint(leaf.as_ref()),
+        subject: parsed.subject().to_string(),
+        not_after,
+    })
+}
+
+/// Turns an identity into what a rustls resolver serves.
+pub fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>, CertError> {
+    let certs = parse_certs(&identity.cert_pem)?;
+    let key = parse_key(&identity.key_pem)?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| CertError::Key(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+/// The appliance's default certificate under `dir` (`default.crt`, `default.key`).
+pub struct DefaultIdentity {
+    dir: PathBuf,
+}
+
+impl DefaultIdentity {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.join("default.crt")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("default.key")
+    }
+
+    /// Loads the stored identity, or makes and stores a new self-signed one when
+    /// none exists (first boot, or after a factory reset). Returns it and whether
+    /// it was created now.
+    pub fn load_or_create(
+        &self,
+        hostname: &str,
+        ips: &[IpAddr],
+    ) -> Result<(Identity, bool), CertError> {
+        if let (Ok(cert_pem), Ok(key_pem)) = (
+            std::fs::read_to_string(self.cert_path()),
+            std::fs::read_to_string(self.key_path()),
+        ) {
+            let identity = Identity { cert_pem, key_pem };
+            certified_key(&identity)?;
+            return Ok((identity, false));
+        }
+        let identity = generate_self_signed(hostname, ips, 3650)?;
+        keel_core::store::ensure_dir(&self.dir, 0o700)?;
+        // Key first: a crash in between leaves no certificate without its key.
+        keel_core::store::write_atomic(&self.key_path(), identity.key_pem.as_bytes(), 0o600)?;
+        keel_core::store::write_atomic(&self.cert_path(), identity.cert_pem.as_bytes(), 0o644)?;
+        tracing::info!(
+            fingerprint = %fingerprint(parse_certs(&identity.cert_pem)?[0].as_ref()),
+            "created self-signed certificate"
+        );
+        Ok((identity, true))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn self_signed_carries_hostname_and_ips() {
+        let ips: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+        let id = generate_self_signed("keel-test", &ips, 30).unwrap();
+        let der = &parse_certs(&id.cert_pem).unwrap()[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let text = format!("{:?}", san.value.general_names);
+        assert!(text.contains("keel-test"), "{text}");
+        assert!(
+            text.contains("192.0.2.7") || text.contains("[192, 0, 2, 7]"),
+            "{text}"
+        );
+        assert!(info(&id.cert_pem).unwrap().subject.contains("CN=keel-test"));
+        certified_key(&id).unwrap();
+        assert!(!format!("{id:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn default_identity_is_created_once_with_private_key_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DefaultIdentity::new(dir.path().join("tls"));
+        let (first, created) = store.load_or_create("keel", &[]).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(dir.path().join("tls/default.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (second, created) = store.load_or_create("keel", &[]).unwrap();
+        assert!(!created);
+        assert_eq!(
+            info(&first.cert_pem).unwrap(),
+            info(&second.cert_pem).unwrap()
+        );
+        // Two appliances never share an identity.
+        let other = DefaultIdentity::new(dir.path().join("other"));
+        let (third, _) = other.load_or_create("keel", &[]).unwrap();
+        assert_ne!(
+            info(&first.cert_pem).unwrap().sha256_fingerprint,
+            info(&third.cert_pem).unwrap().sha256_fingerprint
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_clearly() {
+        assert!(matches!(
+            parse_certs("hello"),
+            Err(CertError::NoCertificate)
+        ));
+        let id = Identity {
+            cert_pem: generate_self_signed("k", &[], 1).unwrap().cert_pem,
+            key_pem: "nope".into(),
+        };
+        assert!(matches!(certified_key(&id), Err(CertError::NoKey)));
+    }
+}

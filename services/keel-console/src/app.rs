@@ -1,0 +1,358 @@
+//! Routes of the console: HTML pages under `/appliance/`, JSON under
+//! `/appliance/api/v1/`, and the root-only local API on the Unix socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_api::{Banner, LoginRequest, SessionGranted, SetupRequest, SetupState, Status};
+use serde::de::DeserializeOwned;
+
+use crate::auth::{Auth, Session};
+use crate::error::ApiError;
+use crate::status;
+
+pub const SESSION_COOKIE: &str = "keel_session";
+/// Request bodies above this are refused (413) before they are read whole.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub struct AppState {
+    pub auth: Auth,
+    pub cert: keel_certs::CertInfo,
+    pub requests_dir: PathBuf,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The client's address, put into every request by the TLS server.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+pub fn client_ip(req_ext: &axum::http::Extensions) -> IpAddr {
+    req_ext
+        .get::<ClientAddr>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+}
+
+/// JSON body extractor whose rejections answer in the API's error format.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+pub fn session_cookie(token: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/appliance; Secure; HttpOnly; SameSite=Strict"
+    ))
+    .expect("hex token is a valid header")
+}
+
+/// A cross-site page must not drive the console: when a browser says where the
+/// request comes from, it must be this host.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    origin
+        .strip_prefix("https://")
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+impl AppState {
+    pub fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        let token = cookie(headers, SESSION_COOKIE)?;
+        let s = self.auth.session(&token)?;
+        Some((token, s))
+    }
+
+    /// Session plus CSRF header check for state-changing API calls.
+    fn api_session_for_change(&self, headers: &HeaderMap) -> Result<(String, Session), ApiError> {
+        let (token, session) = self.session(headers).ok_or_else(ApiError::unauthorized)?;
+        let presented = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !session.csrf_matches(presented) || !same_origin(headers) {
+            return Err(ApiError::csrf());
+        }
+        Ok((token, session))
+    }
+
+    pub fn status(&self) -> Status {
+        let addresses = status::addresses();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            slot: status::slot_from_cmdline(&status::read_trimmed("/proc/cmdline")),
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            uptime_seconds: status::uptime_seconds(&status::read_trimmed("/proc/uptime")),
+            kernel: status::read_trimmed("/proc/sys/kernel/osrelease"),
+            time: status::now_rfc3339(),
+            root_readonly: status::root_readonly(
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            ),
+            addresses,
+            certificate: keel_api::CertificateSummary {
+                sha256_fingerprint: self.cert.sha256_fingerprint.clone(),
+                subject: self.cert.subject.clone(),
+                not_after: self.cert.not_after.clone(),
+            },
+            processes: status::keel_processes(),
+        }
+    }
+
+    pub fn banner(&self) -> Banner {
+        let addrs = status::addresses();
+        Banner {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            urls: status::reachable_ips(&addrs)
+                .into_iter()
+                .map(status::console_url)
+                .collect(),
+            setup_code: self.auth.setup_code(),
+        }
+    }
+
+    /// Hands a power action to root (a systemd path unit watches the directory).
+    pub fn request_power(&self, action: PowerAction) -> Result<(), ApiError> {
+        let path = self.requests_dir.join(action.file_name());
+        keel_core::store::write_atomic(&path, b"", 0o640).map_err(ApiError::internal)?;
+        tracing::info!(action = action.file_name(), "power action requested");
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum PowerAction {
+    Poweroff,
+    Reboot,
+}
+
+impl PowerAction {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            PowerAction::Poweroff => "poweroff",
+            PowerAction::Reboot => "reboot",
+        }
+    }
+}
+
+/// Runs the slow password hash off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
+}
+
+fn granted(token: &str, session: &Session) -> Response {
+    let mut resp = Json(SessionGranted {
+        csrf_token: session.csrf_token.clone(),
+    })
+    .into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(token));
+    resp
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn api_setup_state(State(st): State<Shared>) -> Json<SetupState> {
+    Json(SetupState {
+        setup_required: st.auth.setup_required(),
+    })
+}
+
+async fn api_setup(
+    State(st): State<Shared>,
+    req_ext: axum::http::Extensions,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SetupRequest>,
+) -> Result<Response, ApiError> {
+    if !same_origin(&headers) {
+        return Err(ApiError::csrf());
+    }
+    let client = client_ip(&req_ext);
+    let (token, session) =
+        blocking(move || st.auth.setup(client, &body.setup_code, &body.password)).await??;
+    Ok(granted(&token, &session))
+}
+
+async fn api_login(
+    State(st): State<Shared>,
+    req_ext: axum::http::Extensions,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> Result<Response, ApiError> {
+    if !same_origin(&headers) {
+        return Err(ApiError::csrf());
+    }
+    let client = client_ip(&req_ext);
+    let (token, session) =
+        blocking(move || st.auth.login(client, &body.username, &body.password)).await??;
+    Ok(granted(&token, &session))
+}
+
+async fn api_logout(State(st): State<Shared>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    let (token, _) = st.api_session_for_change(&headers)?;
+    st.auth.logout(&token);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn api_status(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Status>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    Ok(Json(st.status()))
+}
+
+async fn api_power(
+    st: Shared,
+    headers: HeaderMap,
+    action: PowerAction,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    st.api_session_for_change(&headers)?;
+    st.request_power(action)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": action.file_name()})),
+    ))
+}
+
+async fn api_shutdown(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    api_power(st, headers, PowerAction::Poweroff).await
+}
+
+async fn api_reboot(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    api_power(st, headers, PowerAction::Reboot).await
+}
+
+async fn api_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")
+}
+
+/// Every HTTPS route.
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/setup", get(api_setup_state).post(api_setup))
+        .route("/login", post(api_login))
+        .route("/logout", post(api_logout))
+        .route("/status", get(api_status))
+        .route("/system/shutdown", post(api_shutdown))
+        .route("/system/reboot", post(api_reboot))
+        .fallback(api_not_found);
+    Router::new()
+        .route("/", get(|| async { Redirect::permanent("/appliance/") }))
+        .nest("/appliance/api/v1", api)
+        .nest("/appliance", crate::web::router())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Plain HTTP: everything moves to HTTPS on the same host and path.
+pub fn redirect_router() -> Router {
+    Router::new().fallback(|headers: HeaderMap, uri: axum::http::Uri| async move {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+            .map(|a| a.host().to_owned())
+            .unwrap_or_else(|| "localhost".into());
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/appliance/");
+        Redirect::permanent(&format!("https://{host}{path}"))
+    })
+}
+
+/// Root-only local API (socket mode 0600) for keelctl on the box.
+pub fn local_router(state: Shared) -> Router {
+    Router::new()
+        .route(
+            "/status",
+            get(|State(st): State<Shared>| async move { Json(st.status()) }),
+        )
+        .route(
+            "/banner",
+            get(|State(st): State<Shared>| async move { Json(st.banner()) }),
+        )
+        .route(
+            "/system/shutdown",
+            post(|State(st): State<Shared>| async move {
+                st.request_power(PowerAction::Poweroff)
+                    .map(|_| StatusCode::ACCEPTED)
+            }),
+        )
+        .route(
+            "/system/reboot",
+            post(|State(st): State<Shared>| async move {
+                st.request_power(PowerAction::Reboot)
+                    .map(|_| StatusCode::ACCEPTED)
+            }),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}

@@ -1,0 +1,128 @@
+//! keel-console: the appliance's only public listener.
+
+use keel_console::{app, auth, status, tls};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Keel web console: HTTPS /appliance and its JSON API")]
+struct Args {
+    /// The console's persistent state (credentials, certificates).
+    #[arg(long, default_value = "/data/console")]
+    data_dir: PathBuf,
+    /// HTTPS listen addresses.
+    #[arg(long, default_value = "[::]:443")]
+    https: Vec<SocketAddr>,
+    /// Plain-HTTP listen address that redirects to HTTPS; "none" to disable.
+    #[arg(long, default_value = "[::]:80")]
+    http: String,
+    /// Local API socket for keelctl (mode 0600).
+    #[arg(long, default_value = "/run/keel/console/api.sock")]
+    socket: PathBuf,
+    /// Directory where power requests are dropped for root to carry out.
+    #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
+    requests_dir: PathBuf,
+    /// How long first boot waits for a routable address to put into the
+    /// self-signed certificate.
+    #[arg(long, default_value_t = 15)]
+    first_boot_address_wait: u64,
+}
+
+/// Binds `[::]:port` dual-stack, or 0.0.0.0 on a kernel without IPv6.
+async fn bind_tcp(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            tracing::warn!("{addr}: {e}; falling back to IPv4 only");
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            TcpListener::bind(v4)
+                .await
+                .with_context(|| format!("bind {v4}"))
+        }
+        Err(e) => Err(e).with_context(|| format!("bind {addr}")),
+    }
+}
+
+/// On first boot DHCP may still be running; give it a moment so the certificate
+/// names the address the admin will type.
+async fn wait_for_address(limit: Duration) -> Vec<std::net::IpAddr> {
+    let start = Instant::now();
+    loop {
+        let ips = status::reachable_ips(&status::addresses());
+        if !ips.is_empty() || start.elapsed() >= limit {
+            return ips;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    keel_core::logging::init("keel-console");
+    let args = Args::parse();
+
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "keel".into());
+    let identity_store = keel_certs::DefaultIdentity::new(args.data_dir.join("tls"));
+    let ips = if identity_store.dir().join("default.crt").exists() {
+        Vec::new()
+    } else {
+        wait_for_address(Duration::from_secs(args.first_boot_address_wait)).await
+    };
+    let (identity, _) = identity_store
+        .load_or_create(&hostname, &ips)
+        .context("console certificate")?;
+    let cert = keel_certs::info(&identity.cert_pem)?;
+    let resolver = Arc::new(tls::CertResolver::new(keel_certs::certified_key(
+        &identity,
+    )?));
+    let tls_config = Arc::new(tls::server_config(resolver)?);
+
+    let auth = auth::Auth::open(&args.data_dir).context("credential store")?;
+    let state = Arc::new(app::AppState {
+        auth,
+        cert,
+        requests_dir: args.requests_dir.clone(),
+    });
+
+    let local = keel_core::local_api::bind(&args.socket, 0o600)?;
+    tokio::spawn(keel_core::local_api::serve(
+        local,
+        app::local_router(state.clone()),
+    ));
+
+    let router = app::router(state.clone());
+    for addr in &args.https {
+        let listener = bind_tcp(*addr).await?;
+        tracing::info!("HTTPS on {addr}");
+        tokio::spawn(tls::serve_https(
+            listener,
+            tls_config.clone(),
+            router.clone(),
+        ));
+    }
+    if args.http != "none" {
+        let addr: SocketAddr = args.http.parse().context("--http")?;
+        let listener = bind_tcp(addr).await?;
+        tokio::spawn(tls::serve_plain(listener, app::redirect_router()));
+    }
+
+    keel_core::notify::ready();
+    keel_core::notify::spawn_watchdog();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Facts about the running system for *Status › Basics*, read from the kernel.
+
+use std::net::IpAddr;
+
+use keel_api::{InterfaceAddress, ProcessMemory};
+
+/// Active root slot from `keel.slot=` on the kernel command line.
+pub fn slot_from_cmdline(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("keel.slot="))
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Whether `/` is mounted read-only, from a mountinfo table (last mount on `/` wins).
+pub fn root_readonly(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .rev()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(4) == Some(&"/")).then(|| fields.get(5).copied().unwrap_or(""))
+        })
+        .next()
+        .is_some_and(|opts| opts.split(',').any(|o| o == "ro"))
+}
+
+pub fn uptime_seconds(proc_uptime: &str) -> u64 {
+    proc_uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|f| f as u64)
+        .unwrap_or(0)
+}
+
+/// Every address on every interface but loopback, in CIDR form.
+pub fn addresses() -> Vec<InterfaceAddress> {
+    let mut out = Vec::new();
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return out;
+    };
+    for ifa in ifaddrs {
+        let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        let pair = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            Some((IpAddr::V4(a.ip()), IpAddr::V4(m.ip())))
+        } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            Some((IpAddr::V6(a.ip()), IpAddr::V6(m.ip())))
+        } else {
+            None
+        };
+        let Some((ip, mask)) = pair else { continue };
+        if ip.is_loopback() {
+            continue;
+        }
+        if let Ok(net) = ipnetwork::IpNetwork::with_netmask(ip, mask) {
+            out.push(InterfaceAddress {
+                interface: ifa.interface_name.clone(),
+                address: format!("{}/{}", ip, net.prefix()),
+            });
+        }
+    }
+    out
+}
+
+/// Addresses worth putting in a certificate or a console URL: not loopback and,
+/// for IPv6, not link-local (a URL with a zone index works in no browser).
+pub fn reachable_ips(addrs: &[InterfaceAddress]) -> Vec<IpAddr> {
+    addrs
+        .iter()
+        .filter_map(|a| a.address.split('/').next()?.parse::<IpAddr>().ok())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback(),
+            IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect()
+}
+
+pub fn console_url(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("https://{v4}/appliance"),
+        IpAddr::V6(v6) => format!("https://[{v6}]/appliance"),
+    }
+}
+
+/// Resident memory of every Keel process (name starting with `keel`).
+pub fn keel_processes() -> Vec<ProcessMemory> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(p) = parse_proc_status(pid, &status) {
+            out.push(p);
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+fn parse_proc_status(pid: u32, status: &str) -> Option<ProcessMemory> {
+    let mut name = None;
+    let mut rss = 0;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Name:") {
+            name = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("VmRSS:") {
+            rss = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+        }
+    }
+    let name = name.filter(|n| n.starts_with("keel"))?;
+    Some(ProcessMemory {
+        name,
+        pid,
+        rss_kib: rss,
+    })
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_and_readonly_root() {
+        assert_eq!(
+            slot_from_cmdline("root=PARTLABEL=root-b ro keel.slot=b quiet"),
+            "b"
+        );
+        assert_eq!(slot_from_cmdline("quiet"), "unknown");
+        let mi = "22 1 0:21 / / ro,relatime shared:1 - squashfs /dev/vda3 ro\n\
+                  23 22 0:22 / /data rw,relatime shared:2 - ext4 /dev/vda5 rw\n";
+        assert!(root_readonly(mi));
+        let rw = "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n";
+        assert!(!root_readonly(rw));
+        // An overlay mounted over / later decides.
+        assert!(!root_readonly(&format!(
+            "{mi}30 22 0:30 / / rw - overlay o rw\n"
+        )));
+    }
+
+    #[test]
+    fn this_machine_has_sane_facts() {
+        // Real /proc of the test host: the values must parse, not be defaults.
+        assert!(uptime_seconds(&read_trimmed("/proc/uptime")) > 0);
+        assert!(!read_trimmed("/proc/sys/kernel/osrelease").is_empty());
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mi.lines().any(|l| l.split_whitespace().nth(4) == Some("/")));
+    }
+
+    #[test]
+    fn proc_status_parsing() {
+        let s = "Name:\tkeel-console\nUmask:\t0022\nVmRSS:\t    9123 kB\n";
+        assert_eq!(
+            parse_proc_status(7, s),
+            Some(ProcessMemory {
+                name: "keel-console".into(),
+                pid: 7,
+                rss_kib: 9123
+            })
+        );
+        assert_eq!(parse_proc_status(7, "Name:\tsshd\nVmRSS:\t1 kB\n"), None);
+    }
+
+    #[test]
+    fn urls_skip_link_local_v6() {
+        let addrs = vec![
+            InterfaceAddress {
+                interface: "e".into(),
+                address: "10.0.2.15/24".into(),
+            },
+            InterfaceAddress {
+                interface: "e".into(),
+                address: "fe80::1/64".into(),
+            },
+            InterfaceAddress {
+                interface: "e".into(),
+                address: "2001:db8::2/64".into(),
+            },
+        ];
+        let urls: Vec<String> = reachable_ips(&addrs).into_iter().map(console_url).collect();
+        assert_eq!(
+            urls,
+            vec![
+                "https://10.0.2.15/appliance",
+                "https://[2001:db8::2]/appliance"
+            ]
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! The HTML console: server-rendered pages, plain forms, no scripts.
+//! Forms carry a CSRF token: the session's once logged in, before that a
+//! double-submit token in a `keel_pre` cookie.
+
+use askama::Template;
+use axum::extract::{Form, State};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+
+use crate::app::{self, AppState, PowerAction, Shared};
+use crate::auth::{random_hex, AuthError};
+
+const PRE_COOKIE: &str = "keel_pre";
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct SetupPage {
+    csrf: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    csrf: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "basics.html")]
+struct BasicsPage {
+    csrf: String,
+    error: Option<String>,
+    s: keel_api::Status,
+    uptime: String,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage {
+    heading: String,
+    text: String,
+    error: Option<String>,
+}
+
+fn render(status: StatusCode, page: impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => crate::error::ApiError::internal(e).into_response(),
+    }
+}
+
+/// A page shown before login, with a fresh double-submit token.
+fn pre_session_page(status: StatusCode, setup: bool, error: Option<String>) -> Response {
+    let csrf = random_hex(16);
+    let mut resp = if setup {
+        render(
+            status,
+            SetupPage {
+                csrf: csrf.clone(),
+                error,
+            },
+        )
+    } else {
+        render(
+            status,
+            LoginPage {
+                csrf: csrf.clone(),
+                error,
+            },
+        )
+    };
+    let cookie = format!("{PRE_COOKIE}={csrf}; Path=/appliance; Secure; HttpOnly; SameSite=Strict");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn pre_csrf_ok(headers: &HeaderMap, presented: &str) -> bool {
+    app::same_origin(headers)
+        && !presented.is_empty()
+        && app::cookie(headers, PRE_COOKIE).as_deref() == Some(presented)
+}
+
+fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d} d {h} h {m} min")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else {
+        format!("{m} min {} s", secs % 60)
+    }
+}
+
+async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    if st.auth.setup_required() {
+        return pre_session_page(StatusCode::OK, true, None);
+    }
+    match st.session(&headers) {
+        Some((_, session)) => basics(&st, session.csrf_token, None),
+        None => pre_session_page(StatusCode::OK, false, None),
+    }
+}
+
+fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
+    let s = st.status();
+    let uptime = human_duration(s.uptime_seconds);
+    render(
+        StatusCode::OK,
+        BasicsPage {
+            csrf,
+            error,
+            s,
+            uptime,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct SetupForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    setup_code: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    password2: String,
+}
+
+fn status_of(e: &AuthError) -> StatusCode {
+    crate::error::ApiError::from(e.clone()).status
+}
+
+fn logged_in(token: &str) -> Response {
+    let mut resp = Redirect::to("/appliance/").into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, app::session_cookie(token));
+    resp
+}
+
+async fn setup_submit(
+    State(st): State<Shared>,
+    ext: Extensions,
+    headers: HeaderMap,
+    Form(form): Form<SetupForm>,
+) -> Response {
+    if !pre_csrf_ok(&headers, &form.csrf) {
+        return pre_session_page(
+            StatusCode::FORBIDDEN,
+            true,
+            Some("The form expired or came from another site; please try again.".into()),
+        );
+    }
+    if form.password != form.password2 {
+        return pre_session_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            true,
+            Some("The two passwords differ.".into()),
+        );
+    }
+    let client = app::client_ip(&ext);
+    let st2 = st.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        st2.auth.setup(client, &form.setup_code, &form.password)
+    })
+    .await;
+    match result {
+        Ok(Ok((token, _))) => logged_in(&token),
+        Ok(Err(AuthError::AlreadySetUp)) => Redirect::to("/appliance/").into_response(),
+        Ok(Err(e)) => pre_session_page(status_of(&e), true, Some(e.to_string())),
+        Err(e) => crate::error::ApiError::internal(e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    password: String,
+}
+
+async fn login_submit(
+    State(st): State<Shared>,
+    ext: Extensions,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !pre_csrf_ok(&headers, &form.csrf) {
+        return pre_session_page(
+            StatusCode::FORBIDDEN,
+            false,
+            Some("The form expired or came from another site; please try again.".into()),
+        );
+    }
+    let client = app::client_ip(&ext);
+    let st2 = st.clone();
+    let result =
+        tokio::task::spawn_blocking(move || st2.auth.login(client, "admin", &form.password)).await;
+    match result {
+        Ok(Ok((token, _))) => logged_in(&token),
+        Ok(Err(e)) => pre_session_page(status_of(&e), false, Some(e.to_string())),
+        Err(e) => crate::error::ApiError::internal(e).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The session behind a state-changing form, or the page to show instead.
+fn form_session(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<String, Box<Response>> {
+    let Some((token, session)) = st.session(headers) else {
+        return Err(Box::new(Redirect::to("/appliance/").into_response()));
+    };
+    if !session.csrf_matches(csrf) || !app::same_origin(headers) {
+        return Err(Box::new(render(
+            StatusCode::FORBIDDEN,
+            MessagePage {
+                heading: "Request refused".into(),
+                text: "The form expired or came from another site; nothing was changed.".into(),
+                error: None,
+            },
+        )));
+    }
+    Ok(token)
+}
+
+async fn logout_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    match form_session(&st, &headers, &form.csrf) {
+        Ok(token) => {
+            st.auth.logout(&token);
+            Redirect::to("/appliance/").into_response()
+        }
+        Err(resp) => *resp,
+    }
+}
+
+async fn power_submit(
+    st: Shared,
+    headers: HeaderMap,
+    form: CsrfForm,
+    action: PowerAction,
+) -> Response {
+    if let Err(resp) = form_session(&st, &headers, &form.csrf) {
+        return *resp;
+    }
+    if let Err(e) = st.request_power(action) {
+        return e.into_response();
+    }
+    let (heading, text) = match action {
+        PowerAction::Poweroff => (
+            "Shutting down",
+            "The appliance is powering off. It can be unplugged once its power light is off.",
+        ),
+        PowerAction::Reboot => (
+            "Restarting",
+            "The appliance is restarting. Reload this page in a minute.",
+        ),
+    };
+    render(
+        StatusCode::ACCEPTED,
+        MessagePage {
+            heading: heading.into(),
+            text: text.into(),
+            error: None,
+        },
+    )
+}
+
+async fn shutdown_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    power_submit(st, headers, form, PowerAction::Poweroff).await
+}
+
+async fn reboot_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    power_submit(st, headers, form, PowerAction::Reboot).await
+}
+
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/", get(index))
+        .route("/setup", post(setup_submit))
+        .route("/login", post(login_submit))
+        .route("/logout", post(logout_submit))
+        .route("/system/shutdown", post(shutdown_submit))
+        .route("/system/reboot", post(reboot_submit))
+}

@@ -1,0 +1,26 @@
+//! systemd readiness and watchdog. Outside systemd (no NOTIFY_SOCKET) these are no-ops.
+
+use std::time::Duration;
+
+/// Tells systemd the service is ready (Type=notify units order on this).
+pub fn ready() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("sd_notify READY failed: {e}");
+    }
+}
+
+/// Spawns a task that pets the systemd watchdog at half its interval, if one is set.
+pub fn spawn_watchdog() {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    });
+}
