@@ -1,6 +1,8 @@
 //! Certificate store of the appliance. For now: the self-signed identity made on
 //! first boot, loading it for rustls, and the facts the console shows about it.
 
+pub mod pinning;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -286,7 +286,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::permanent("/appliance/") }))
         .nest("/appliance/api/v1", api)
-        .nest("/appliance", crate::web::router())
+        .merge(crate::web::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)

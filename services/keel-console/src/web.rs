@@ -53,9 +53,17 @@ fn render(status: StatusCode, page: impl Template) -> Response {
     }
 }
 
-/// A page shown before login, with a fresh double-submit token.
-fn pre_session_page(status: StatusCode, setup: bool, error: Option<String>) -> Response {
-    let csrf = random_hex(16);
+/// A page shown before login, with the browser's double-submit token (a fresh one
+/// if it has none, so two open tabs keep working).
+fn pre_session_page(
+    headers: &HeaderMap,
+    status: StatusCode,
+    setup: bool,
+    error: Option<String>,
+) -> Response {
+    let csrf = app::cookie(headers, PRE_COOKIE)
+        .filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| random_hex(16));
     let mut resp = if setup {
         render(
             status,
@@ -99,11 +107,11 @@ fn human_duration(secs: u64) -> String {
 
 async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
     if st.auth.setup_required() {
-        return pre_session_page(StatusCode::OK, true, None);
+        return pre_session_page(&headers, StatusCode::OK, true, None);
     }
     match st.session(&headers) {
         Some((_, session)) => basics(&st, session.csrf_token, None),
-        None => pre_session_page(StatusCode::OK, false, None),
+        None => pre_session_page(&headers, StatusCode::OK, false, None),
     }
 }
 
@@ -152,6 +160,7 @@ async fn setup_submit(
 ) -> Response {
     if !pre_csrf_ok(&headers, &form.csrf) {
         return pre_session_page(
+            &headers,
             StatusCode::FORBIDDEN,
             true,
             Some("The form expired or came from another site; please try again.".into()),
@@ -159,6 +168,7 @@ async fn setup_submit(
     }
     if form.password != form.password2 {
         return pre_session_page(
+            &headers,
             StatusCode::UNPROCESSABLE_ENTITY,
             true,
             Some("The two passwords differ.".into()),
@@ -173,7 +183,7 @@ async fn setup_submit(
     match result {
         Ok(Ok((token, _))) => logged_in(&token),
         Ok(Err(AuthError::AlreadySetUp)) => Redirect::to("/appliance/").into_response(),
-        Ok(Err(e)) => pre_session_page(status_of(&e), true, Some(e.to_string())),
+        Ok(Err(e)) => pre_session_page(&headers, status_of(&e), true, Some(e.to_string())),
         Err(e) => crate::error::ApiError::internal(e).into_response(),
     }
 }
@@ -194,6 +204,7 @@ async fn login_submit(
 ) -> Response {
     if !pre_csrf_ok(&headers, &form.csrf) {
         return pre_session_page(
+            &headers,
             StatusCode::FORBIDDEN,
             false,
             Some("The form expired or came from another site; please try again.".into()),
@@ -205,7 +216,7 @@ async fn login_submit(
         tokio::task::spawn_blocking(move || st2.auth.login(client, "admin", &form.password)).await;
     match result {
         Ok(Ok((token, _))) => logged_in(&token),
-        Ok(Err(e)) => pre_session_page(status_of(&e), false, Some(e.to_string())),
+        Ok(Err(e)) => pre_session_page(&headers, status_of(&e), false, Some(e.to_string())),
         Err(e) => crate::error::ApiError::internal(e).into_response(),
     }
 }
@@ -298,10 +309,11 @@ async fn reboot_submit(
 
 pub fn router() -> Router<Shared> {
     Router::new()
-        .route("/", get(index))
-        .route("/setup", post(setup_submit))
-        .route("/login", post(login_submit))
-        .route("/logout", post(logout_submit))
-        .route("/system/shutdown", post(shutdown_submit))
-        .route("/system/reboot", post(reboot_submit))
+        .route("/appliance", get(index))
+        .route("/appliance/", get(index))
+        .route("/appliance/setup", post(setup_submit))
+        .route("/appliance/login", post(login_submit))
+        .route("/appliance/logout", post(logout_submit))
+        .route("/appliance/system/shutdown", post(shutdown_submit))
+        .route("/appliance/system/reboot", post(reboot_submit))
 }

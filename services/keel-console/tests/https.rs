@@ -1,0 +1,345 @@
+//! The console's routers behind its real TLS server on loopback, driven by a real
+//! HTTPS client (reqwest + rustls) that pins the served certificate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keel_certs::pinning::FingerprintVerifier;
+use keel_console::{app, auth, tls};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Console {
+    base: String,
+    fingerprint: String,
+    data: tempfile::TempDir,
+}
+
+impl Console {
+    fn requests_dir(&self) -> PathBuf {
+        self.data.path().join("requests")
+    }
+
+    fn setup_code(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("console/setup-code")).unwrap()
+    }
+
+    fn client(&self) -> (reqwest::Client, Arc<FingerprintVerifier>) {
+        let verifier = FingerprintVerifier::record_any();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(verifier.client_config())
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        (client, verifier)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+async fn start() -> Console {
+    let data = tempfile::tempdir().unwrap();
+    let console_dir = data.path().join("console");
+    std::fs::create_dir_all(data.path().join("requests")).unwrap();
+    let (identity, created) = keel_certs::DefaultIdentity::new(console_dir.join("tls"))
+        .load_or_create("keel-test", &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    assert!(created);
+    let cert = keel_certs::info(&identity.cert_pem).unwrap();
+    let fingerprint = cert.sha256_fingerprint.clone();
+    let resolver = Arc::new(tls::CertResolver::new(
+        keel_certs::certified_key(&identity).unwrap(),
+    ));
+    let config = Arc::new(tls::server_config(resolver).unwrap());
+    let state = Arc::new(app::AppState {
+        auth: auth::Auth::open(&console_dir).unwrap(),
+        cert,
+        requests_dir: data.path().join("requests"),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tls::serve_https(listener, config, app::router(state)));
+    Console {
+        base: format!("https://127.0.0.1:{}", addr.port()),
+        fingerprint,
+        data,
+    }
+}
+
+async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn api_setup_login_status_and_power_with_csrf() {
+    let c = start().await;
+    let (http, verifier) = c.client();
+
+    let (st, body) = json_of(
+        http.get(c.url("/appliance/api/v1/setup"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body["setup_required"], true);
+    // The certificate on the wire is the stored one.
+    assert_eq!(verifier.seen().as_deref(), Some(c.fingerprint.as_str()));
+
+    // Status needs a session.
+    let resp = http
+        .get(c.url("/appliance/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Wrong setup code: clear error, still not set up.
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/setup"))
+            .json(&json!({"setup_code": "XXXX-XXXX-XXXX", "password": "a good password"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "wrong setup code");
+    assert!(!c.data.path().join("console/admin.json").exists());
+
+    // A form-encoded post (what a cross-site form can send) is refused.
+    let resp = http
+        .post(c.url("/appliance/api/v1/setup"))
+        .body("setup_code=x&password=y")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/setup"))
+            .json(&json!({"setup_code": c.setup_code(), "password": "a good password"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+
+    let (st, status) = json_of(
+        http.get(c.url("/appliance/api/v1/status"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(status["certificate"]["sha256_fingerprint"], c.fingerprint);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_seconds"].as_u64().unwrap() > 0);
+
+    // State changes need the CSRF header and a same-origin request.
+    let resp = http
+        .post(c.url("/appliance/api/v1/system/reboot"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = http
+        .post(c.url("/appliance/api/v1/system/reboot"))
+        .header("x-csrf-token", &csrf)
+        .header("origin", "https://evil.example")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(std::fs::read_dir(c.requests_dir()).unwrap().count(), 0);
+
+    let resp = http
+        .post(c.url("/appliance/api/v1/system/shutdown"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(c.requests_dir().join("poweroff").exists());
+
+    // Logout ends the session for good.
+    let resp = http
+        .post(c.url("/appliance/api/v1/logout"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = http
+        .get(c.url("/appliance/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let c = start().await;
+    let (http, _) = c.client();
+    let big = vec![b'a'; 2 * 1024 * 1024];
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/login"))
+            .header("content-type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(body["error"].as_str().unwrap().contains("length limit"));
+
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/login"))
+            .header("content-type", "application/json")
+            .body("{\"password\": 12")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(st.is_client_error(), "{st}");
+    assert!(body["error"].is_string());
+
+    // Not set up yet: login says what to do instead.
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/login"))
+            .json(&json!({"password": "whatever"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("setup code"));
+
+    let (st, _) = json_of(
+        http.get(c.url("/appliance/api/v1/nope"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn repeated_wrong_passwords_are_rate_limited() {
+    let c = start().await;
+    let (http, _) = c.client();
+    let resp = http
+        .post(c.url("/appliance/api/v1/setup"))
+        .json(&json!({"setup_code": c.setup_code(), "password": "a good password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut codes = Vec::new();
+    for _ in 0..auth::MAX_FAILURES + 1 {
+        let resp = http
+            .post(c.url("/appliance/api/v1/login"))
+            .json(&json!({"password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+        codes.push(resp.status().as_u16());
+    }
+    assert_eq!(codes[..auth::MAX_FAILURES], [401; auth::MAX_FAILURES]);
+    assert_eq!(codes[auth::MAX_FAILURES], 429);
+}
+
+#[tokio::test]
+async fn html_console_setup_and_basics_page() {
+    let c = start().await;
+    let (http, _) = c.client();
+    let resp = http.get(c.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    let page = http
+        .get(c.url("/appliance/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Set up this appliance"));
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let code = c.setup_code();
+    // Without the form's token: refused, nothing stored.
+    let resp = http
+        .post(c.url("/appliance/setup"))
+        .form(&[
+            ("setup_code", code.as_str()),
+            ("password", "a good password"),
+            ("password2", "a good password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(!c.data.path().join("console/admin.json").exists());
+    // Mismatched repeat.
+    let resp = http
+        .post(c.url("/appliance/setup"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("setup_code", code.as_str()),
+            ("password", "a good password"),
+            ("password2", "another password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(resp.text().await.unwrap().contains("differ"));
+    let resp = http
+        .post(c.url("/appliance/setup"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("setup_code", code.as_str()),
+            ("password", "a good password"),
+            ("password2", "a good password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let page = http
+        .get(c.url("/appliance/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Status › Basics"), "{page}");
+    assert!(page.contains(&c.fingerprint));
+    // Escaping: nothing a client controls is rendered raw (hostname etc. come from
+    // the kernel, but the template engine escapes every field).
+    assert!(!page.contains("<script"));
+}
