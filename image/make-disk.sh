@@ -2,6 +2,8 @@
 # Assembles the GPT disk from a root slot image: bios_grub, ESP, root-a, root-b,
 # data. No mounts, no loop devices: plain files, sfdisk, mtools, dd.
 # Usage: make-disk.sh ROOT.squashfs OUT.raw
+# (KEEL_GRUB_CFG and KEEL_SLOT_MIB let the benchmark build its stock-Debian disk the
+# same way.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 squash=$1 out=$2
@@ -11,7 +13,7 @@ mib=$((1024 * 1024))
 
 disk_mib=${KEEL_DISK_MIB:-2048}
 esp_mib=32
-slot_mib=512
+slot_mib=${KEEL_SLOT_MIB:-512}
 data_mib=64
 squash_bytes=$(stat -c %s "$squash")
 if ((squash_bytes > slot_mib * mib)); then
@@ -34,7 +36,7 @@ start_of() { sfdisk -J "$out" | python3 -c "import json,sys; print(json.load(sys
 
 # GRUB: one early config and module list for both firmware types.
 modules="part_gpt fat squash4 gzio xzio linux normal configfile loadenv search search_fs_file
-  test echo regexp serial terminal sleep halt reboot cat ls"
+  test echo regexp ext2 serial terminal sleep halt reboot cat ls"
 grub-mkimage -O x86_64-efi -o "$work/BOOTX64.EFI" -c image/grub/early.cfg -p /grub \
   $modules efi_gop efi_uga
 grub-mkimage -O i386-pc -o "$work/core.img" -c image/grub/early.cfg -p /grub \
@@ -48,7 +50,8 @@ touch "$work/keel-esp.marker"
 mkfs.vfat -C -n KEEL-ESP "$work/esp.img" $((esp_mib * 1024)) >/dev/null
 mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT ::/grub
 mcopy -i "$work/esp.img" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$work/esp.img" image/grub/grub.cfg "$work/grubenv" "$work/keel-esp.marker" ::/grub/
+cp "${KEEL_GRUB_CFG:-image/grub/grub.cfg}" "$work/grub.cfg"
+mcopy -i "$work/esp.img" "$work/grub.cfg" "$work/grubenv" "$work/keel-esp.marker" ::/grub/
 
 # Data: empty ext4, grown to the disk on first boot.
 mkfs.ext4 -q -F -L data -m 0 -E root_owner=0:0 "$work/data.img" "${data_mib}M"

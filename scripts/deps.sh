@@ -8,7 +8,7 @@ packages=(
   mmdebstrap squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common
   dosfstools mtools fdisk e2fsprogs zstd xz-utils
   # VMs and tests
-  qemu-utils ovmf openssl iproute2 curl python3 chrony dnsmasq
+  qemu-utils ovmf openssl iproute2 curl python3 bc chrony dnsmasq
 )
 # bookworm's own qemu-system (7.2) conflicts with the backported qemu-utils that
 # these machines carry; take qemu-system from bookworm-backports.

@@ -18,6 +18,9 @@ pub struct Status {
     pub addresses: Vec<InterfaceAddress>,
     pub certificate: CertificateSummary,
     pub processes: Vec<ProcessMemory>,
+    /// Size of the persistent data filesystem (`/data`); 0 when it is not mounted.
+    pub data_total_bytes: u64,
+    pub data_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -25,6 +25,8 @@ pub struct AppState {
     pub auth: Auth,
     pub cert: keel_certs::CertInfo,
     pub requests_dir: PathBuf,
+    /// Mount point whose size the status reports (`/data` on the appliance).
+    pub data_mount: PathBuf,
 }
 
 pub type Shared = Arc<AppState>;
@@ -109,6 +111,7 @@ impl AppState {
 
     pub fn status(&self) -> Status {
         let addresses = status::addresses();
+        let data = status::filesystem_bytes(&self.data_mount);
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             slot: status::slot_from_cmdline(&status::read_trimmed("/proc/cmdline")),
@@ -129,6 +132,8 @@ impl AppState {
                 not_after: self.cert.not_after.clone(),
             },
             processes: status::keel_processes(),
+            data_total_bytes: data.0,
+            data_free_bytes: data.1,
         }
     }
 
@@ -288,8 +293,36 @@ pub fn router(state: Shared) -> Router {
         .nest("/appliance/api/v1", api)
         .merge(crate::web::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Bodies up to this size are read and dropped before answering 413, so a client
+/// that is still sending gets the answer rather than a reset connection.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+
+async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > MAX_BODY as u64 => {
+            if len <= DRAIN_LIMIT {
+                let mut body = req.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+            }
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {len} bytes is over the limit of {MAX_BODY} bytes"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn security_headers(mut resp: Response) -> Response {

@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         auth,
         cert,
         requests_dir: args.requests_dir.clone(),
+        data_mount: PathBuf::from(keel_core::paths::DATA_DIR),
     });
 
     let local = keel_core::local_api::bind(&args.socket, 0o600)?;

@@ -129,6 +129,17 @@ fn parse_proc_status(pid: u32, status: &str) -> Option<ProcessMemory> {
     })
 }
 
+/// Total and free bytes of the filesystem at `path`.
+pub fn filesystem_bytes(path: &std::path::Path) -> (u64, u64) {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => {
+            let frag = s.fragment_size() as u64;
+            (s.blocks() as u64 * frag, s.blocks_available() as u64 * frag)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -58,6 +58,7 @@ async fn start() -> Console {
         auth: auth::Auth::open(&console_dir).unwrap(),
         cert,
         requests_dir: data.path().join("requests"),
+        data_mount: data.path().to_path_buf(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -145,6 +146,7 @@ async fn api_setup_login_status_and_power_with_csrf() {
     assert_eq!(status["certificate"]["sha256_fingerprint"], c.fingerprint);
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert!(status["uptime_seconds"].as_u64().unwrap() > 0);
+    assert!(status["data_total_bytes"].as_u64().unwrap() > 0);
 
     // State changes need the CSRF header and a same-origin request.
     let resp = http
@@ -207,7 +209,7 @@ async fn bad_input_gets_clear_errors() {
     )
     .await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(body["error"].as_str().unwrap().contains("length limit"));
+    assert!(body["error"].as_str().unwrap().contains("over the limit"));
 
     let (st, body) = json_of(
         http.post(c.url("/appliance/api/v1/login"))
