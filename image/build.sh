@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
 version=$(cat VERSION)
-bin_dir=${KEEL_BIN_DIR:-target/release}
+bin_dir=${KEEL_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
 out=${KEEL_BUILD_DIR:-build}
 work=$out/work
 sources=${KEEL_APT_SOURCES:-/etc/apt/sources.list.d/debian.sources}
