@@ -61,8 +61,16 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// How the VM's firmware boots the disk: legacy BIOS (SeaBIOS) or UEFI (OVMF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
 pub struct Vm {
     pub name: String,
+    firmware: Firmware,
     dir: tempfile::TempDir,
     pub https_port: u16,
     pub http_port: u16,
@@ -70,8 +78,13 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts a factory-fresh appliance from `image`.
+    /// Starts a factory-fresh appliance from `image` under legacy BIOS.
     pub fn start(name: &str, image: &Path) -> Result<Self> {
+        Self::start_with(name, image, Firmware::Bios)
+    }
+
+    /// Starts a factory-fresh appliance from `image` under the given firmware.
+    pub fn start_with(name: &str, image: &Path, firmware: Firmware) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("keel-{name}-"))
             .tempdir()?;
@@ -86,6 +99,7 @@ impl Vm {
         }
         let mut vm = Vm {
             name: name.into(),
+            firmware,
             dir,
             https_port: free_port(),
             http_port: free_port(),
@@ -113,9 +127,14 @@ impl Vm {
         );
         // Keep the whole history: append the previous boot's log before starting.
         self.collect_serial();
+        let firmware = match self.firmware {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        };
         let child = Command::new("bash")
             .arg("-c")
             .arg(script)
+            .env("KEEL_FIRMWARE", firmware)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("qemu.err"))?)

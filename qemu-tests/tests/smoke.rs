@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keel_qemu_tests::{csrf_of, image_or_skip, json_post, Vm, BOOT_CEILING};
+use keel_qemu_tests::{csrf_of, image_or_skip, json_post, Firmware, Vm, BOOT_CEILING};
 use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery";
@@ -19,9 +19,10 @@ async fn appliance_smoke() {
         .trim()
         .to_owned();
 
-    // Two appliances at once: the certificate must be each box's own.
-    let mut a = Vm::start("a", &image).unwrap();
-    let mut b = Vm::start("b", &image).unwrap();
+    // Two appliances at once, one disk image booted by both firmware types: the
+    // certificate must be each box's own.
+    let mut a = Vm::start_with("a", &image, Firmware::Bios).unwrap();
+    let mut b = Vm::start_with("b", &image, Firmware::Uefi).unwrap();
     let boot_a = a.wait_serial("KEEL-READY", BOOT_CEILING).await.unwrap();
     b.wait_serial("KEEL-READY", BOOT_CEILING).await.unwrap();
     assert!(
