@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # mmdebstrap customize hook: turns the Debian tree into the Keel root filesystem.
-# Arguments: ROOT TOPDIR BIN_DIR VERSION
+# Arguments: ROOT TOPDIR BIN_DIR VERSION [EXTRA_OVERLAY]
 set -euo pipefail
-root=$1 top=$2 bin_dir=$3 version=$4
+root=$1 top=$2 bin_dir=$3 version=$4 extra=${5:-}
 cd "$top"
 
+# --- files: overlay, binaries, identity -------------------------------------------
 cp -a overlay/. "$root/"
-install -m 0755 "$bin_dir/keel-console" "$bin_dir/keelctl" "$root/usr/bin/"
+if [[ -n $extra ]]; then
+  echo "laying extra overlay $extra (debugging build)"
+  cp -a "$extra/." "$root/"
+fi
+# BIN_DIR holds exactly the binaries to install (build.sh chose them).
+install -m 0755 "$bin_dir"/* "$root/usr/bin/"
 
 cat >"$root/usr/lib/os-release" <<OS
 PRETTY_NAME="Keel $version"
@@ -15,59 +21,117 @@ ID=keel
 ID_LIKE=debian
 VERSION="$version"
 VERSION_ID=$version
-HOME_URL="https://keel.invalid/"
+VERSION_CODENAME=bookworm
 OS
-ln -sf ../usr/lib/os-release "$root/etc/os-release"
+ln -sfn ../usr/lib/os-release "$root/etc/os-release"
 echo keel >"$root/etc/hostname"
-printf '127.0.0.1\tlocalhost\n127.0.1.1\tkeel\n::1\tlocalhost ip6-localhost\n' >"$root/etc/hosts"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tkeel\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+  >"$root/etc/hosts"
 
-# The root filesystem is read-only at run time: users exist from build time on.
+# The root filesystem is read-only at run time: system users exist from build time on
+# (overlay/usr/lib/sysusers.d: keel-console, uid/gid 900).
 systemd-sysusers --root="$root"
+[[ $(chroot "$root" id -u keel-console) == 900 ]] || { echo "keel-console is not uid 900" >&2; exit 1; }
 
+# Every program a shipped unit runs exists in the tree (units may come and go while
+# build.sh chose the binaries).
+for u in "$root"/etc/systemd/system/*.service; do
+  [[ -f $u && ! -L $u ]] || continue # enable/alias symlinks point at package units
+  sed -nE 's/^Exec[A-Za-z]*=[-@:+!]*([^ ]+).*/\1/p' "$u" | while read -r prog; do
+    [[ -e $root$prog || -L $root$prog ]] || { echo "$(basename "$u") runs $prog, which is not in the image" >&2; exit 1; }
+  done
+done
+
+# --- read-only root --------------------------------------------------------------
+# /data is the only persistent writable place; the ESP is mounted only while the
+# boot-ok service writes grubenv (no fstab line: nothing else should touch it).
+# No boot-time fsck for /data: ext4 replays its journal when mounting, and a
+# preen pass on every boot would sit on the console's critical path (~0.7 s under
+# TCG) to repair only what it may repair unattended anyway. keel-reset.service runs
+# first: a requested factory reset wipes the partition before anything mounts it.
 cat >"$root/etc/fstab" <<'FSTAB'
-PARTLABEL=data  /data  ext4   defaults,noatime,nodev,nosuid  0 2
-tmpfs           /var   tmpfs  mode=0755,nodev,nosuid,size=25%  0 0
-tmpfs           /tmp   tmpfs  mode=1777,nodev,nosuid,size=25%  0 0
+# <what>        <where> <type> <options>                          <dump> <fsck>
+PARTLABEL=data  /data   ext4   defaults,noatime,nodev,nosuid,x-systemd.requires=keel-reset.service 0 0
+tmpfs           /var    tmpfs  mode=0755,nodev,nosuid,size=25%        0 0
+tmpfs           /tmp    tmpfs  mode=1777,nodev,nosuid,size=25%        0 0
 FSTAB
 mkdir -p "$root/data" "$root/boot/efi"
-# Empty machine-id: systemd makes a transient one on the read-only root.
+# Empty machine-id: systemd makes a transient one per boot on the read-only root (an
+# empty file, unlike a missing one, does not trigger first-boot units).
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
-ln -sf /run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+ln -sfn /run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 
-# Small initrd: only what finds and mounts the root slot.
-cat >"$root/etc/initramfs-tools/conf.d/keel.conf" <<'IRD'
-MODULES=list
-COMPRESS=zstd
-IRD
-cat >"$root/etc/initramfs-tools/modules" <<'MODS'
-virtio_pci
-virtio_blk
-virtio_scsi
-sd_mod
-ahci
-nvme
-megaraid_sas
-mpt3sas
-vmw_pvscsi
-hv_storvsc
-xen-blkfront
-squashfs
-MODS
-chroot "$root" update-initramfs -u -k all >/dev/null
+# --- kernel and initrd -------------------------------------------------------------
+# image/initramfs/ was in place before the kernel package came (essential hook), so
+# the initrd was built once with MODULES=list and zstd; make sure it really was.
+kver=$(basename "$(ls -d "$root"/usr/lib/modules/*)")
+initrd=$root/boot/initrd.img-$kver
+if [[ ! -f $initrd ]] || (($(stat -c %s "$initrd") > 24 * 1024 * 1024)); then
+  echo "initrd missing or too large: regenerating" >&2
+  chroot "$root" update-initramfs -c -k "$kver"
+fi
+grep -q 'kernel/fs/squashfs/squashfs.ko' <(chroot "$root" lsinitramfs "/boot/initrd.img-$kver") ||
+  { echo "initrd lacks squashfs.ko" >&2; exit 1; }
+echo "initrd: $(($(stat -c %s "$initrd") / 1024)) KiB"
 # GRUB loads the kernel and initrd from the slot by these fixed names.
-kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -1)
-initrd=$(cd "$root/boot" && ls initrd.img-* | sort -V | tail -1)
-ln -sf "boot/$kernel" "$root/vmlinuz"
-ln -sf "boot/$initrd" "$root/initrd.img"
+ln -sfn "boot/vmlinuz-$kver" "$root/vmlinuz"
+ln -sfn "boot/initrd.img-$kver" "$root/initrd.img"
 
-# Services: what runs, and what an appliance does not want at boot.
-chroot "$root" systemctl enable --quiet systemd-networkd systemd-resolved \
-  keel-console keel-banner keel-boot-ok keel-grow-data keel-power-request.path
-chroot "$root" systemctl mask --quiet systemd-networkd-wait-online.service \
-  getty@tty1.service serial-getty@ttyS0.service e2scrub_all.timer e2scrub_reap.service \
-  apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer 2>/dev/null || true
+# Required modules and everything they depend on survived the trim.
+image/check-modules.sh "$root"
+
+# --- services ------------------------------------------------------------------
+# Every unit the overlay ships with an [Install] section is enabled.
+mapfile -t units < <(cd overlay && grep -l '^\[Install\]' etc/systemd/system/*.service \
+  etc/systemd/system/*.path etc/systemd/system/*.timer etc/systemd/system/*.socket \
+  usr/lib/systemd/system/* 2>/dev/null | xargs -rn1 basename)
+if [[ -n $extra ]]; then
+  mapfile -t -O "${#units[@]}" units < <(cd "$extra" && grep -ls '^\[Install\]' \
+    etc/systemd/system/* usr/lib/systemd/system/* 2>/dev/null | xargs -rn1 basename)
+fi
+echo "enabling: ${units[*]}"
+chroot "$root" systemctl enable --quiet systemd-networkd "${units[@]}"
+
+# resolved and timesyncd order themselves before sysinit.target, i.e. before every
+# ordinary service, the console included; neither is needed for the console to
+# answer. Their units, derived from the packages' own at build time, join
+# multi-user.target instead and start beside the console. (A drop-in cannot remove
+# an ordering.)
+for u in systemd-resolved.service systemd-timesyncd.service; do
+  chroot "$root" systemctl disable --quiet "$u"
+  sed -E -e '/^Before=/s/ ?sysinit\.target//' -e 's/^WantedBy=sysinit\.target/WantedBy=multi-user.target/' \
+    "$root/usr/lib/systemd/system/$u" >"$root/etc/systemd/system/$u"
+  ! grep -q sysinit "$root/etc/systemd/system/$u" || { echo "$u still names sysinit" >&2; exit 1; }
+  chroot "$root" systemctl enable --quiet "$u"
+done
+
+# Off, because on a read-only appliance without logins they do nothing useful and
+# under TCG every process costs boot time:
+masked=(
+  # logins: a later local menu replaces getty; no sessions, so no logind or utmp
+  getty@tty1.service serial-getty@ttyS0.service systemd-logind.service
+  systemd-user-sessions.service systemd-update-utmp.service
+  systemd-update-utmp-runlevel.service
+  # waiting for the network: the console starts without it
+  systemd-networkd-wait-online.service systemd-network-generator.service
+  # state that /var on tmpfs would lose anyway: journal flush, random seed, pstore
+  systemd-journal-flush.service systemd-random-seed.service systemd-pstore.service
+  # pseudo filesystems and module preloads nothing here uses
+  dev-hugepages.mount dev-mqueue.mount sys-kernel-debug.mount sys-kernel-tracing.mount
+  sys-kernel-config.mount sys-fs-fuse-connections.mount proc-sys-fs-binfmt_misc.automount
+  systemd-binfmt.service kmod-static-nodes.service systemd-repart.service
+  # maintenance timers of a writable Debian system
+  e2scrub_all.timer e2scrub_reap.service fstrim.timer apt-daily.timer
+  apt-daily-upgrade.timer dpkg-db-backup.timer
+)
+chroot "$root" systemctl mask --quiet "${masked[@]}"
 chroot "$root" systemctl set-default multi-user.target >/dev/null
 
-# Nothing of the package manager's caches belongs in a read-only image.
-rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/var/log/*
+# What is inside, for audits: the image's own package list.
+mkdir -p "$root/usr/share/keel"
+# shellcheck disable=SC2016 # dpkg-query's format, not shell
+chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' >"$root/usr/share/keel/packages"
+echo "$version" >"$root/usr/share/keel/version"
+
+rm -rf "${root:?}"/var/log/* "$root"/var/lib/apt/lists/*

@@ -34,13 +34,15 @@ size=${data_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="data"
 EOF_PT
 start_of() { sfdisk -J "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['partitiontable']['partitions'][$1-1]['start'])"; }
 
-# GRUB: one early config and module list for both firmware types.
-modules="part_gpt fat squash4 gzio xzio linux normal configfile loadenv search search_fs_file
-  test echo regexp ext2 serial terminal sleep halt reboot cat ls"
-grub-mkimage -O x86_64-efi -o "$work/BOOTX64.EFI" -c image/grub/early.cfg -p /grub \
-  $modules efi_gop efi_uga
-grub-mkimage -O i386-pc -o "$work/core.img" -c image/grub/early.cfg -p /grub \
-  $modules biosdisk
+# GRUB: one early config and one module list for both firmware types. ext2 lets the
+# benchmark's stock disk (ext4 root) boot through the very same images.
+modules=(part_gpt fat squash4 gzio xzio ext2 linux normal configfile loadenv search
+  search_fs_file test echo regexp serial terminal sleep halt reboot cat ls)
+grep -vE '^[[:space:]]*(#|$)' image/grub/early.cfg >"$work/early.cfg"
+grub-mkimage -O x86_64-efi -o "$work/BOOTX64.EFI" -c "$work/early.cfg" -p /grub \
+  "${modules[@]}" efi_gop efi_uga
+grub-mkimage -O i386-pc -o "$work/core.img" -c "$work/early.cfg" -p /grub \
+  "${modules[@]}" biosdisk
 cp /usr/lib/grub/i386-pc/boot.img "$work/"
 
 # ESP (FAT): loader, config, environment block, marker.
@@ -59,8 +61,10 @@ mkfs.ext4 -q -F -L data -m 0 -E root_owner=0:0 "$work/data.img" "${data_mib}M"
 put() { dd if="$1" of="$out" bs=512 seek="$2" conv=notrunc,sparse status=none; }
 put "$work/esp.img" "$(start_of 2)"
 put "$squash" "$(start_of 3)"
-# Slot B starts empty: it is written by the first update; GRUB never selects it
-# before then (keel_good=a, no trial).
+# Slot B starts empty (zeros, sparse): the first update writes it, and GRUB never
+# selects it before then (keel_good=a, no trial). A copy of A would double the image
+# and buy nothing: the same bits fail the same way, and an update always goes to
+# the slot that is not running.
 put "$work/data.img" "$(start_of 5)"
 
 # BIOS: boot.img into the MBR and core.img into the bios_grub partition, patched the

@@ -1,33 +1,56 @@
-# Sourced by run-vm.sh, bench.sh and the QEMU tests' helper: one place that knows how
-# Keel is booted under QEMU on these machines.
+# Sourced by run-vm.sh, bench.sh and the QEMU tests' helper: the one place that
+# knows how Keel is booted under QEMU on these machines.
+#   keel_qemu_args DISK SERIAL HTTPS_PORT HTTP_PORT   -> fills array KEEL_QEMU_ARGS
+#   keel_qemu_overlay BASE OVERLAY [SIZE]             -> copy-on-write disk over BASE
+#   keel_qemu_accel                                   -> prints kvm or tcg
+# Environment: KEEL_FIRMWARE=bios|uefi (default bios), KEEL_ACCEL=tcg|kvm (skips the
+# probe), KEEL_VM_MEM (MiB, default 1024), KEEL_VM_CPUS (default 2).
 # shellcheck shell=bash
 
-# TCG unless KVM can really work: /dev/kvm can exist on a paravirtual host whose CPU
-# offers no vmx/svm, and there a stock kernel hangs early under -accel kvm.
+# TCG unless KVM really works. /dev/kvm can exist on a paravirtual host whose CPU
+# offers no vmx/svm; there `-cpu host` aborts and a stock kernel hangs early under
+# KVM. The probe starts a KVM guest for 2 s (a working one is still running when
+# `timeout` ends it); the answer is remembered in KEEL_ACCEL for later calls.
 keel_qemu_accel() {
-  if [[ ${KEEL_ACCEL:-} ]]; then
-    echo "$KEEL_ACCEL"
-  elif [[ -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
-    echo kvm
-  else
-    echo tcg
+  if [[ -z ${KEEL_ACCEL:-} ]]; then
+    KEEL_ACCEL=tcg
+    if [[ -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+      local rc=0
+      timeout 2 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 64 -nodefaults \
+        -display none -monitor none -serial none -no-reboot </dev/null >/dev/null 2>&1 || rc=$?
+      [[ $rc -eq 124 ]] && KEEL_ACCEL=kvm
+    fi
+    export KEEL_ACCEL
   fi
+  echo "$KEEL_ACCEL"
 }
 
-# keel_qemu_args DISK SERIAL_SPEC HTTPS_PORT HTTP_PORT -> fills array KEEL_QEMU_ARGS
+# keel_qemu_args DISK SERIAL HTTPS_PORT HTTP_PORT
+# SERIAL is a QEMU -serial spec: file:LOG, stdio, chardev:ID (with the -chardev
+# added by the caller) ...
 keel_qemu_args() {
   local disk=$1 serial=$2 https=$3 http=$4
   local accel
-  accel=$(keel_qemu_accel)
+  keel_qemu_accel >/dev/null # in this shell, not a subshell: the answer is kept
+  accel=$KEEL_ACCEL
+  # shellcheck disable=SC2054 # commas inside QEMU option values
   KEEL_QEMU_ARGS=(
     -machine q35 -accel "$accel" -m "${KEEL_VM_MEM:-1024}" -smp "${KEEL_VM_CPUS:-2}"
     -display none -serial "$serial" -monitor none
     -drive "file=$disk,if=virtio,format=qcow2,discard=unmap"
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$https-:443,hostfwd=tcp:127.0.0.1:$http-:80"
     -device virtio-net-pci,netdev=n0
+    # Entropy from the host: key generation on first boot does not wait for the
+    # guest's own pool (TCG offers no RDRAND).
+    -device virtio-rng-pci
+    # The appliance's watchdog (systemd RuntimeWatchdogSec) resets a hung guest.
     -device i6300esb -action watchdog=reset
   )
+  if [[ $accel == kvm ]]; then
+    KEEL_QEMU_ARGS+=(-cpu host)
+  fi
   if [[ ${KEEL_FIRMWARE:-bios} == uefi ]]; then
+    # OVMF's variable store is per VM and writable: a copy beside the disk.
     local vars
     vars=$(dirname "$disk")/OVMF_VARS.fd
     [[ -f $vars ]] || cp /usr/share/OVMF/OVMF_VARS_4M.fd "$vars"
@@ -41,5 +64,5 @@ keel_qemu_args() {
 # A throwaway copy-on-write disk on top of the built image: the build stays pristine.
 keel_qemu_overlay() {
   local base=$1 overlay=$2 size=${3:-}
-  qemu-img create -q -f qcow2 -b "$(realpath "$base")" -F qcow2 "$overlay" $size
+  qemu-img create -q -f qcow2 -b "$(realpath "$base")" -F qcow2 "$overlay" ${size:+"$size"}
 }

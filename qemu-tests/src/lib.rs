@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -13,6 +13,11 @@ use keel_certs::pinning::FingerprintVerifier;
 
 /// Ceiling for one boot to the console being ready.
 pub const BOOT_CEILING: Duration = Duration::from_secs(300);
+/// Ceiling for QEMU to end by itself after the guest was told to power off.
+pub const POWEROFF_CEILING: Duration = Duration::from_secs(120);
+/// Printed on the serial line once the console answers on 443 (docs/interfaces.md).
+pub const READY_MARKER: &str = "KEEL-READY";
+pub const HEALTH_PATH: &str = "/appliance/api/v1/health";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,13 +26,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The image under test: `KEEL_IMAGE`, else `build/keel.qcow2` of the workspace.
+pub fn image_path() -> PathBuf {
+    std::env::var_os("KEEL_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/keel.qcow2"))
+}
+
 /// The image under test, or `None` (with the reason printed) when the tests should
 /// be skipped. With `KEEL_QEMU_TESTS=1` (what `make test` sets) a missing image or
 /// QEMU is a failure, not a skip.
 pub fn image_or_skip() -> Option<PathBuf> {
-    let image = std::env::var_os("KEEL_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/keel.qcow2"));
+    let image = image_path();
     let required = std::env::var("KEEL_QEMU_TESTS").is_ok_and(|v| v == "1");
     let problem = if !image.exists() {
         Some(format!(
@@ -61,6 +71,65 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `bash -c` running `script` after sourcing scripts/qemu-lib.sh, the one place
+/// that knows how Keel is booted under QEMU.
+fn qemu_lib(script: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(format!(
+        "source '{}/scripts/qemu-lib.sh' && {script}",
+        workspace_root().display()
+    ));
+    c
+}
+
+/// The accelerator scripts/qemu-lib.sh chooses, asked once per process and handed
+/// to every QEMU start as `KEEL_ACCEL`: the KVM probe does not run (and is not
+/// timed) per boot.
+fn accel() -> &'static str {
+    static ACCEL: OnceLock<String> = OnceLock::new();
+    ACCEL.get_or_init(|| {
+        let out = qemu_lib("keel_qemu_accel")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs scripts/qemu-lib.sh");
+        let accel = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if accel.is_empty() {
+            "tcg".into()
+        } else {
+            accel
+        }
+    })
+}
+
+/// Lowercase hex SHA-256 of `der`, computed here rather than by keel-certs: the
+/// fingerprint the console reports is checked against an independent hash.
+pub fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The size of the disk a qcow2 image describes.
+pub fn virtual_size(image: &Path) -> Result<u64> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(image)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img info {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no virtual-size for {}", image.display()))
+}
+
 /// How the VM's firmware boots the disk: legacy BIOS (SeaBIOS) or UEFI (OVMF).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
@@ -75,6 +144,7 @@ pub struct Vm {
     pub https_port: u16,
     pub http_port: u16,
     qemu: Option<Child>,
+    started: Instant,
 }
 
 impl Vm {
@@ -85,17 +155,36 @@ impl Vm {
 
     /// Starts a factory-fresh appliance from `image` under the given firmware.
     pub fn start_with(name: &str, image: &Path, firmware: Firmware) -> Result<Self> {
+        Self::start_grown(name, image, firmware, 0)
+    }
+
+    /// Like `start_with`, on a disk `grow_bytes` larger than the image (an admin
+    /// who gives the VM more disk than the image has).
+    pub fn start_grown(
+        name: &str,
+        image: &Path,
+        firmware: Firmware,
+        grow_bytes: u64,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("keel-{name}-"))
             .tempdir()?;
         let disk = dir.path().join("disk.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(image.canonicalize()?)
-            .arg(&disk)
-            .status()?;
-        if !status.success() {
-            bail!("qemu-img create failed");
+        let base = image
+            .canonicalize()
+            .with_context(|| format!("image {}", image.display()))?;
+        let size = match grow_bytes {
+            0 => String::new(),
+            n => (virtual_size(&base)? + n).to_string(),
+        };
+        let created = qemu_lib(&format!(
+            "keel_qemu_overlay '{}' '{}' {size}",
+            base.display(),
+            disk.display()
+        ))
+        .status()?;
+        if !created.success() {
+            bail!("creating the overlay disk on {} failed", base.display());
         }
         let mut vm = Vm {
             name: name.into(),
@@ -104,6 +193,7 @@ impl Vm {
             https_port: free_port(),
             http_port: free_port(),
             qemu: None,
+            started: Instant::now(),
         };
         vm.boot()?;
         Ok(vm)
@@ -113,15 +203,27 @@ impl Vm {
         self.dir.path().join("serial.log")
     }
 
+    fn current_serial_path(&self) -> PathBuf {
+        self.dir.path().join("serial-current.log")
+    }
+
+    fn serial_socket(&self) -> PathBuf {
+        self.dir.path().join("serial.sock")
+    }
+
     /// (Re)starts QEMU on the same disk; the serial log is appended to.
     pub fn boot(&mut self) -> Result<()> {
-        let disk = self.dir.path().join("disk.qcow2");
+        // The serial line is a socket (tests type into the boot menu) whose output
+        // QEMU also logs to a file: qemu-lib.sh gets `chardev:s0`, the chardev is ours.
+        let chardev = format!(
+            "socket,id=s0,path={},server=on,wait=off,logfile={}",
+            self.serial_socket().display(),
+            self.current_serial_path().display()
+        );
         let script = format!(
-            "source '{}/scripts/qemu-lib.sh' && keel_qemu_args '{}' 'file:{}' {} {} && \
-             exec qemu-system-x86_64 \"${{KEEL_QEMU_ARGS[@]}}\"",
-            workspace_root().display(),
-            disk.display(),
-            self.dir.path().join("serial-current.log").display(),
+            "keel_qemu_args '{}' chardev:s0 {} {} && \
+             exec qemu-system-x86_64 \"${{KEEL_QEMU_ARGS[@]}}\" -chardev '{chardev}'",
+            self.disk_path().display(),
             self.https_port,
             self.http_port
         );
@@ -131,10 +233,11 @@ impl Vm {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
         };
-        let child = Command::new("bash")
-            .arg("-c")
-            .arg(script)
+        let accel = accel();
+        self.started = Instant::now();
+        let child = qemu_lib(&script)
             .env("KEEL_FIRMWARE", firmware)
+            .env("KEEL_ACCEL", accel)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("qemu.err"))?)
@@ -144,8 +247,13 @@ impl Vm {
         Ok(())
     }
 
+    /// When the current QEMU process was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     fn collect_serial(&self) {
-        let current = self.dir.path().join("serial-current.log");
+        let current = self.current_serial_path();
         if let Ok(bytes) = std::fs::read(&current) {
             use std::io::Write;
             if let Ok(mut all) = std::fs::OpenOptions::new()
@@ -159,15 +267,14 @@ impl Vm {
         }
     }
 
-    /// Serial output of the current boot (QEMU truncates the file when it starts).
+    /// Serial output of the current QEMU run (QEMU truncates the file when it
+    /// starts; guest reboots inside one run all land here).
     pub fn serial(&self) -> String {
-        String::from_utf8_lossy(
-            &std::fs::read(self.dir.path().join("serial-current.log")).unwrap_or_default(),
-        )
-        .into_owned()
+        String::from_utf8_lossy(&std::fs::read(self.current_serial_path()).unwrap_or_default())
+            .into_owned()
     }
 
-    /// Everything printed on the serial line across all boots so far.
+    /// Everything printed on the serial line across all QEMU runs so far.
     pub fn serial_all(&self) -> String {
         let mut all =
             String::from_utf8_lossy(&std::fs::read(self.serial_path()).unwrap_or_default())
@@ -179,40 +286,44 @@ impl Vm {
     pub fn serial_tail(&self) -> String {
         let s = self.serial();
         let clean: String = s.chars().filter(|c| *c != '\u{1b}').collect();
-        clean
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        let lines: Vec<&str> = clean.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// Waits until the current boot's serial output contains `marker`.
+    /// Waits until the current run's serial output contains `marker`.
     pub async fn wait_serial(&mut self, marker: &str, ceiling: Duration) -> Result<String> {
+        self.wait_serial_count(marker, 1, ceiling).await
+    }
+
+    /// Waits until `marker` occurs at least `n` times in the current run's serial
+    /// output (e.g. the n-th boot's `KEEL-READY` after guest reboots).
+    pub async fn wait_serial_count(
+        &mut self,
+        marker: &str,
+        n: usize,
+        ceiling: Duration,
+    ) -> Result<String> {
         let start = Instant::now();
         loop {
             let s = self.serial();
-            if s.contains(marker) {
+            if s.matches(marker).count() >= n {
                 return Ok(s);
             }
             if let Some(code) = self.exited()? {
                 bail!(
-                    "{}: QEMU exited ({code}) before {marker:?}\n{}",
+                    "{}: QEMU exited ({code}) before {marker:?} #{n}\n{}",
                     self.name,
                     self.serial_tail()
                 );
             }
             if start.elapsed() > ceiling {
                 bail!(
-                    "{}: no {marker:?} on serial within {ceiling:?}\n{}",
+                    "{}: no {marker:?} #{n} on serial within {ceiling:?}\n{}",
                     self.name,
                     self.serial_tail()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -243,6 +354,14 @@ impl Vm {
         }
     }
 
+    /// Ends QEMU now (pulls the plug).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.qemu.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.https_port)
     }
@@ -255,47 +374,93 @@ impl Vm {
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
+            // A connection kept from before a guest reboot is dead (QEMU's user
+            // network does not reset it): a new connection for every request.
+            .pool_max_idle_per_host(0)
             .build()
             .expect("client");
         (client, verifier)
     }
 
-    /// Waits until GET /health answers over HTTPS.
+    /// Waits until GET /health answers 200 over HTTPS; returns the time since QEMU
+    /// started. A new attempt starts every 100 ms while earlier ones may still hang
+    /// (QEMU's user network accepts the connection before the guest listens), so
+    /// the answer is seen within ~100 ms of the console being able to give it.
     pub async fn wait_https(&mut self, ceiling: Duration) -> Result<Duration> {
         let start = Instant::now();
         let (client, _) = self.client();
+        let url = self.url(HEALTH_PATH);
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Ok(r) = client
-                .get(self.url("/appliance/api/v1/health"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return Ok(start.elapsed());
+            tokio::select! {
+                Some(Ok(true)) = attempts.join_next() => return Ok(self.started.elapsed()),
+                _ = tick.tick() => {
+                    if let Some(code) = self.exited()? {
+                        bail!("{}: QEMU exited ({code})\n{}", self.name, self.serial_tail());
+                    }
+                    if start.elapsed() > ceiling {
+                        bail!(
+                            "{}: HTTPS not answering within {ceiling:?}\n{}",
+                            self.name,
+                            self.serial_tail()
+                        );
+                    }
+                    if attempts.len() < 30 {
+                        let get = client.get(&url).timeout(Duration::from_secs(3)).send();
+                        attempts.spawn(async move {
+                            get.await.is_ok_and(|r| r.status().is_success())
+                        });
+                    }
                 }
             }
-            if let Some(code) = self.exited()? {
-                bail!(
-                    "{}: QEMU exited ({code})\n{}",
-                    self.name,
-                    self.serial_tail()
-                );
-            }
-            if start.elapsed() > ceiling {
-                bail!(
-                    "{}: HTTPS not answering within {ceiling:?}\n{}",
-                    self.name,
-                    self.serial_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
-    /// The setup code the current boot printed on the serial line.
+    /// The setup code the current run printed last on the serial line.
     pub fn setup_code(&self) -> Option<String> {
         setup_code_in(&self.serial())
+    }
+
+    /// Types `text` on the VM's serial line.
+    pub fn type_serial(&self, text: &str) -> Result<()> {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(self.serial_socket())
+            .context("connecting to the serial socket")?;
+        // One byte at a time: the emulated UART has a small FIFO.
+        for b in text.bytes() {
+            s.write_all(&[b])?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// For each needle, whether the guest-visible disk contains it anywhere (the
+    /// disk is exported raw, readable while the VM runs, and searched with grep).
+    pub fn disk_contains(&self, needles: &[&str]) -> Result<Vec<bool>> {
+        let raw = self.dir.path().join("scan.raw");
+        let status = Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(self.disk_path())
+            .arg(&raw)
+            .status()?;
+        if !status.success() {
+            bail!("qemu-img convert failed");
+        }
+        let found = needles
+            .iter()
+            .map(|n| {
+                Command::new("grep")
+                    .args(["-q", "-a", "-F", "--"])
+                    .arg(n)
+                    .arg(&raw)
+                    .status()
+                    .map(|s| s.success())
+            })
+            .collect::<std::io::Result<Vec<bool>>>()?;
+        std::fs::remove_file(&raw)?;
+        Ok(found)
     }
 
     pub fn disk_path(&self) -> PathBuf {
@@ -313,10 +478,7 @@ pub fn setup_code_in(serial: &str) -> Option<String> {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Some(mut c) = self.qemu.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
         if std::thread::panicking() {
             eprintln!(
                 "--- {} serial (tail) ---\n{}",
@@ -342,10 +504,18 @@ pub async fn json_post(
     if let Some(t) = csrf {
         req = req.header("x-csrf-token", t);
     }
-    let resp = req.send().await?;
+    Ok(answer(req.send().await?).await)
+}
+
+/// GETs JSON; returns status and JSON body.
+pub async fn json_get(client: &reqwest::Client, url: &str) -> Result<(u16, serde_json::Value)> {
+    Ok(answer(client.get(url).send().await?).await)
+}
+
+/// Status and JSON body of an answer (`Null` when the body is not JSON).
+pub async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
-    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
-    Ok((status, body))
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 pub fn csrf_of(body: &serde_json::Value) -> Result<String> {
@@ -362,5 +532,13 @@ mod tests {
         let s = "\u{1b}[H junk\r\nKeel 0.1.0 console: https://10.0.2.15/appliance\r\nSetup code: AB2C-DEFG-HJKL\r\nKEEL-READY\r\n";
         assert_eq!(super::setup_code_in(s).as_deref(), Some("AB2C-DEFG-HJKL"));
         assert_eq!(super::setup_code_in("nothing"), None);
+    }
+
+    #[test]
+    fn sha256_hex_is_lowercase_hex_of_the_digest() {
+        assert_eq!(
+            super::sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

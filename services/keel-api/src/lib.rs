@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+mod certs;
+pub use certs::*;
+mod time;
+pub use time::*;
+mod net;
+pub use net::*;
+
 /// Answer of `GET /appliance/api/v1/status` and of the console's local `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {

@@ -1,7 +1,17 @@
-//! Certificate store of the appliance. For now: the self-signed identity made on
-//! first boot, loading it for rustls, and the facts the console shows about it.
+//! Certificate store of the appliance: the self-signed identity made on first
+//! boot, and the store under `/data/console/certs` (import, export, generate,
+//! request, assign) with what a rustls resolver needs to serve it.
 
+pub mod export;
+pub mod generate;
+pub mod inspect;
+pub mod material;
+mod pem;
 pub mod pinning;
+pub mod store;
+
+pub use material::PrivateKey;
+pub use store::{CertStore, Serving};
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +26,9 @@ use sha2::{Digest, Sha256};
 pub enum CertError {
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("no certificate found in PEM data")]
+    #[error("no certificate found")]
     NoCertificate,
-    #[error("no private key found in PEM data")]
+    #[error("no private key found")]
     NoKey,
     #[error("malformed PEM: {0}")]
     Pem(String),
@@ -28,6 +38,49 @@ pub enum CertError {
     Key(String),
     #[error(transparent)]
     Store(#[from] keel_core::StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("a passphrase is needed: {0}")]
+    PassphraseRequired(String),
+    #[error("wrong passphrase (or the file is damaged)")]
+    WrongPassphrase,
+    #[error("{0}")]
+    KeyMismatch(String),
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    #[error("no certificate with id {0}")]
+    NotFound(String),
+    #[error("this certificate is already stored (id {0})")]
+    Duplicate(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// How a caller (the console's API) should classify an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input is wrong: say so (4xx), nothing was stored.
+    BadInput,
+    NotFound,
+    /// Refused because of the store's state (in use, already stored).
+    Conflict,
+    /// Our fault or the disk's (5xx).
+    Internal,
+}
+
+impl CertError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CertError::Generate(_) | CertError::Store(_) => ErrorKind::Internal,
+            CertError::NotFound(_) => ErrorKind::NotFound,
+            CertError::Duplicate(_) | CertError::Conflict(_) => ErrorKind::Conflict,
+            _ => ErrorKind::BadInput,
+        }
+    }
 }
 
 /// A certificate chain and its private key, PEM-encoded.
@@ -130,6 +183,24 @@ pub fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>, CertError
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| CertError::Key(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+/// What rustls serves for a stored chain (leaf first) and its key; refuses a
+/// key that does not belong to the leaf.
+pub fn certified_key_from(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKey,
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let leaf = chain.first().ok_or(CertError::NoCertificate)?;
+    if !key.matches(leaf)? {
+        return Err(CertError::KeyMismatch(
+            "the private key does not match the certificate".into(),
+        ));
+    }
+    Ok(Arc::new(CertifiedKey::new(
+        chain.to_vec(),
+        key.signing_key()?,
+    )))
 }
 
 /// The appliance's default certificate under `dir` (`default.crt`, `default.key`).

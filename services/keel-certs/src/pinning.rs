@@ -14,7 +14,7 @@ use rustls::{DigitallySignedStruct, Error, SignatureScheme};
 pub struct FingerprintVerifier {
     /// `None`: accept any certificate and record it.
     expected: Option<String>,
-    seen: Mutex<Option<String>>,
+    seen: Mutex<Option<(String, Vec<u8>)>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -45,7 +45,16 @@ impl FingerprintVerifier {
 
     /// Fingerprint of the last certificate presented by a server.
     pub fn seen(&self) -> Option<String> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().unwrap().as_ref().map(|(fp, _)| fp.clone())
+    }
+
+    /// The last certificate presented by a server, DER-encoded.
+    pub fn seen_der(&self) -> Option<Vec<u8>> {
+        self.seen
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(_, der)| der.clone())
     }
 
     /// A client configuration (ring provider) trusting through this verifier.
@@ -69,7 +78,7 @@ impl ServerCertVerifier for FingerprintVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let fp = crate::fingerprint(end_entity.as_ref());
-        *self.seen.lock().unwrap() = Some(fp.clone());
+        *self.seen.lock().unwrap() = Some((fp.clone(), end_entity.as_ref().to_vec()));
         match &self.expected {
             Some(want) if *want != fp => Err(Error::General(format!(
                 "certificate fingerprint {fp} is not the pinned {want}"

@@ -97,7 +97,10 @@ impl AppState {
     }
 
     /// Session plus CSRF header check for state-changing API calls.
-    fn api_session_for_change(&self, headers: &HeaderMap) -> Result<(String, Session), ApiError> {
+    pub(crate) fn api_session_for_change(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(String, Session), ApiError> {
         let (token, session) = self.session(headers).ok_or_else(ApiError::unauthorized)?;
         let presented = headers
             .get("x-csrf-token")
@@ -158,10 +161,13 @@ impl AppState {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// What the console may ask root to do (see keelctl apply-requests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerAction {
     Poweroff,
     Reboot,
+    FactoryReset,
+    FactoryResetPoweroff,
 }
 
 impl PowerAction {
@@ -169,7 +175,39 @@ impl PowerAction {
         match self {
             PowerAction::Poweroff => "poweroff",
             PowerAction::Reboot => "reboot",
+            PowerAction::FactoryReset => "factory-reset",
+            PowerAction::FactoryResetPoweroff => "factory-reset-poweroff",
         }
+    }
+}
+
+/// The typed confirmation a factory reset needs, in the API and the HTML form.
+pub const RESET_CONFIRMATION: &str = "RESET";
+
+#[derive(serde::Deserialize)]
+pub struct FactoryResetRequest {
+    #[serde(default)]
+    pub confirm: String,
+    #[serde(default)]
+    pub power_off: bool,
+}
+
+impl FactoryResetRequest {
+    pub fn action(&self) -> Result<PowerAction, ApiError> {
+        if self.confirm != RESET_CONFIRMATION {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "a factory reset erases all configuration and keys: confirm with \
+                     \"confirm\": \"{RESET_CONFIRMATION}\""
+                ),
+            ));
+        }
+        Ok(if self.power_off {
+            PowerAction::FactoryResetPoweroff
+        } else {
+            PowerAction::FactoryReset
+        })
     }
 }
 
@@ -273,6 +311,20 @@ async fn api_reboot(
     api_power(st, headers, PowerAction::Reboot).await
 }
 
+async fn api_factory_reset(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FactoryResetRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    st.api_session_for_change(&headers)?;
+    let action = body.action()?;
+    st.request_power(action)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": action.file_name()})),
+    ))
+}
+
 async fn api_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")
 }
@@ -287,11 +339,14 @@ pub fn router(state: Shared) -> Router {
         .route("/status", get(api_status))
         .route("/system/shutdown", post(api_shutdown))
         .route("/system/reboot", post(api_reboot))
+        .route("/system/factory-reset", post(api_factory_reset))
         .fallback(api_not_found);
     Router::new()
         .route("/", get(|| async { Redirect::permanent("/appliance/") }))
         .nest("/appliance/api/v1", api)
         .merge(crate::web::router())
+        .merge(crate::time::router())
+        .merge(crate::net::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(security_headers))
@@ -325,7 +380,7 @@ async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Respons
     }
 }
 
-async fn security_headers(mut resp: Response) -> Response {
+pub async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,

@@ -2,7 +2,10 @@
 
 pub mod app;
 pub mod auth;
+pub mod certs;
 pub mod error;
+pub mod net;
 pub mod status;
+pub mod time;
 pub mod tls;
 pub mod web;

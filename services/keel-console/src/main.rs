@@ -1,6 +1,6 @@
 //! keel-console: the appliance's only public listener.
 
-use keel_console::{app, auth, status, tls};
+use keel_console::{app, auth, certs, status, tls};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,12 @@ struct Args {
     /// Local API socket for keelctl (mode 0600).
     #[arg(long, default_value = "/run/keel/console/api.sock")]
     socket: PathBuf,
+    /// keel-timed's local API socket (NTP check, clock gate, time set by hand).
+    #[arg(long, default_value = "/run/keel/timed/api.sock")]
+    timed_socket: PathBuf,
+    /// keel-netd's local API socket (network configuration).
+    #[arg(long, default_value = "/run/keel/netd/api.sock")]
+    netd_socket: PathBuf,
     /// Directory where power requests are dropped for root to carry out.
     #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
     requests_dir: PathBuf,
@@ -67,6 +73,8 @@ async fn wait_for_address(limit: Duration) -> Vec<std::net::IpAddr> {
 async fn main() -> anyhow::Result<()> {
     keel_core::logging::init("keel-console");
     let args = Args::parse();
+    keel_console::time::set_socket(args.timed_socket.clone());
+    keel_console::net::set_socket(args.netd_socket.clone());
 
     let hostname = nix::unistd::gethostname()
         .ok()
@@ -82,10 +90,16 @@ async fn main() -> anyhow::Result<()> {
         .load_or_create(&hostname, &ips)
         .context("console certificate")?;
     let cert = keel_certs::info(&identity.cert_pem)?;
-    let resolver = Arc::new(tls::CertResolver::new(keel_certs::certified_key(
-        &identity,
-    )?));
-    let tls_config = Arc::new(tls::server_config(resolver)?);
+    let cert_store = Arc::new(
+        keel_certs::CertStore::open(args.data_dir.join("certs"), identity_store.dir())
+            .context("certificate store")?,
+    );
+    // A damaged store must not keep the console from starting.
+    let serving = cert_store.serving().or_else(|e| {
+        tracing::error!("certificate store: {e}; serving the built-in certificate");
+        keel_certs::certified_key(&identity).map(keel_certs::Serving::single)
+    })?;
+    let resolver = Arc::new(tls::CertResolver::from_serving(serving));
 
     let auth = auth::Auth::open(&args.data_dir).context("credential store")?;
     let state = Arc::new(app::AppState {
@@ -95,21 +109,18 @@ async fn main() -> anyhow::Result<()> {
         data_mount: PathBuf::from(keel_core::paths::DATA_DIR),
     });
 
+    let certs_state = certs::CertsState::new(state.clone(), cert_store, resolver.clone());
     let local = keel_core::local_api::bind(&args.socket, 0o600)?;
     tokio::spawn(keel_core::local_api::serve(
         local,
-        app::local_router(state.clone()),
+        app::local_router(state.clone()).merge(certs::local_router(certs_state.clone())),
     ));
 
-    let router = app::router(state.clone());
+    let router = certs::with_certs(app::router(state.clone()), certs_state);
     for addr in &args.https {
         let listener = bind_tcp(*addr).await?;
         tracing::info!("HTTPS on {addr}");
-        tokio::spawn(tls::serve_https(
-            listener,
-            tls_config.clone(),
-            router.clone(),
-        ));
+        tokio::spawn(tls::serve_https(listener, resolver.clone(), router.clone()));
     }
     if args.http != "none" {
         let addr: SocketAddr = args.http.parse().context("--http")?;

@@ -36,6 +36,8 @@ struct BasicsPage {
     error: Option<String>,
     s: keel_api::Status,
     uptime: String,
+    cert_warnings: Vec<String>,
+    time: crate::time::TimeView,
 }
 
 #[derive(Template)]
@@ -110,12 +112,13 @@ async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
         return pre_session_page(&headers, StatusCode::OK, true, None);
     }
     match st.session(&headers) {
-        Some((_, session)) => basics(&st, session.csrf_token, None),
+        Some((_, session)) => basics(&st, session.csrf_token, None).await,
         None => pre_session_page(&headers, StatusCode::OK, false, None),
     }
 }
 
-fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
+async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
+    let time = crate::time::basics_view().await;
     let s = st.status();
     let uptime = human_duration(s.uptime_seconds);
     render(
@@ -125,6 +128,8 @@ fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
             error,
             s,
             uptime,
+            cert_warnings: crate::certs::in_use_warnings(st),
+            time,
         },
     )
 }
@@ -228,7 +233,11 @@ struct CsrfForm {
 }
 
 /// The session behind a state-changing form, or the page to show instead.
-fn form_session(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<String, Box<Response>> {
+pub(crate) fn form_session(
+    st: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<String, Box<Response>> {
     let Some((token, session)) = st.session(headers) else {
         return Err(Box::new(Redirect::to("/appliance/").into_response()));
     };
@@ -280,6 +289,16 @@ async fn power_submit(
             "Restarting",
             "The appliance is restarting. Reload this page in a minute.",
         ),
+        PowerAction::FactoryReset => (
+            "Resetting to factory defaults",
+            "The appliance restarts, erases its configuration and keys, and comes back \
+             as a new appliance with DHCP and a new setup code on its local console.",
+        ),
+        PowerAction::FactoryResetPoweroff => (
+            "Resetting and shutting down",
+            "The appliance restarts, erases its configuration and keys, and powers off. \
+             It is then ready to ship.",
+        ),
     };
     render(
         StatusCode::ACCEPTED,
@@ -307,6 +326,42 @@ async fn reboot_submit(
     power_submit(st, headers, form, PowerAction::Reboot).await
 }
 
+#[derive(Deserialize)]
+struct ResetForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+    #[serde(default)]
+    power_off: Option<String>,
+}
+
+async fn reset_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<ResetForm>,
+) -> Response {
+    let request = app::FactoryResetRequest {
+        confirm: form.confirm.trim().to_owned(),
+        power_off: form.power_off.is_some(),
+    };
+    match request.action() {
+        Ok(action) => power_submit(st, headers, CsrfForm { csrf: form.csrf }, action).await,
+        Err(e) => match form_session(&st, &headers, &form.csrf) {
+            Ok(_) => {
+                let csrf = st
+                    .session(&headers)
+                    .map(|(_, s)| s.csrf_token)
+                    .unwrap_or_default();
+                let mut resp = basics(&st, csrf, Some(e.message)).await;
+                *resp.status_mut() = e.status;
+                resp
+            }
+            Err(resp) => *resp,
+        },
+    }
+}
+
 pub fn router() -> Router<Shared> {
     Router::new()
         .route("/appliance", get(index))
@@ -316,4 +371,5 @@ pub fn router() -> Router<Shared> {
         .route("/appliance/logout", post(logout_submit))
         .route("/appliance/system/shutdown", post(shutdown_submit))
         .route("/appliance/system/reboot", post(reboot_submit))
+        .route("/appliance/system/factory-reset", post(reset_submit))
 }

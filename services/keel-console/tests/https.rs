@@ -167,6 +167,29 @@ async fn api_setup_login_status_and_power_with_csrf() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(std::fs::read_dir(c.requests_dir()).unwrap().count(), 0);
 
+    // A factory reset needs the typed confirmation.
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/system/factory-reset"))
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"confirm": "reset please"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("RESET"));
+    assert_eq!(std::fs::read_dir(c.requests_dir()).unwrap().count(), 0);
+    let resp = http
+        .post(c.url("/appliance/api/v1/system/factory-reset"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"confirm": "RESET", "power_off": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(c.requests_dir().join("factory-reset-poweroff").exists());
+
     let resp = http
         .post(c.url("/appliance/api/v1/system/shutdown"))
         .header("x-csrf-token", &csrf)

@@ -5,5 +5,6 @@ pub mod logging;
 pub mod notify;
 pub mod paths;
 pub mod store;
+pub mod tty;
 
 pub use store::StoreError;

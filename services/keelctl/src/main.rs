@@ -1,5 +1,9 @@
 //! keelctl: the appliance from the command line, through the services' local sockets.
 
+mod certs;
+mod net;
+mod time;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +48,24 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Erase all configuration and secrets and start over as a new appliance.
+    Reset {
+        /// Confirms the erase (required: there is no undo).
+        #[arg(long)]
+        yes: bool,
+        /// Power off afterwards instead of starting again (ready to ship).
+        #[arg(long)]
+        poweroff: bool,
+    },
+    /// Certificates: list, import, export, create, request, assign, delete.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
+    /// NTP check: verdict, check now, clock gate, servers, set the time by hand.
+    Time(time::TimeArgs),
+    /// Network: addresses, gateways, routes, DNS, hostname, NTP list (commit-confirm).
+    Net(net::NetArgs),
     /// Carry out power requests dropped by the console (run as root by a path unit).
     ApplyRequests {
         #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
@@ -100,7 +122,7 @@ fn write_ttys(ttys: &[PathBuf], text: &str) {
     }
     for tty in ttys {
         // A missing tty (no screen, no serial port) is normal on some hardware.
-        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(tty) {
+        if let Ok(mut f) = keel_core::tty::open(tty) {
             let _ = f.write_all(text.as_bytes());
         }
     }
@@ -150,6 +172,20 @@ fn systemctl(verb: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Requests the reset (it is carried out early in the next boot) and reboots.
+fn factory_reset(poweroff: bool) -> anyhow::Result<()> {
+    let mut cmd = std::process::Command::new("keel-reset");
+    cmd.arg("request");
+    if poweroff {
+        cmd.arg("--poweroff");
+    }
+    let status = cmd.status().context("running keel-reset")?;
+    if !status.success() {
+        bail!("keel-reset request failed: {status}");
+    }
+    systemctl("reboot")
+}
+
 fn apply_requests(dir: &PathBuf) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -157,22 +193,31 @@ fn apply_requests(dir: &PathBuf) -> anyhow::Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     entries.sort();
-    // Power-off wins over reboot when both are pending.
+    // The weightiest pending request wins: reset over power-off over reboot.
     let mut action = None;
     for name in entries {
         std::fs::remove_file(dir.join(&name)).ok();
-        match name.as_str() {
-            "poweroff" => action = Some("poweroff"),
-            "reboot" if action.is_none() => action = Some("reboot"),
-            "reboot" => {}
-            other if other.starts_with('.') => {}
-            other => eprintln!("ignoring unknown request {other:?}"),
+        let rank = match name.as_str() {
+            "factory-reset-poweroff" => 4,
+            "factory-reset" => 3,
+            "poweroff" => 2,
+            "reboot" => 1,
+            other if other.starts_with('.') => continue,
+            other => {
+                eprintln!("ignoring unknown request {other:?}");
+                continue;
+            }
+        };
+        if action.as_ref().is_none_or(|(r, _)| rank > *r) {
+            action = Some((rank, name));
         }
     }
-    if let Some(verb) = action {
-        systemctl(verb)?;
+    match action.map(|(_, name)| name).as_deref() {
+        Some("factory-reset-poweroff") => factory_reset(true),
+        Some("factory-reset") => factory_reset(false),
+        Some(verb) => systemctl(verb),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -201,6 +246,19 @@ async fn main() -> anyhow::Result<()> {
             println!("restarting");
         }
         Command::Banner { ttys, follow } => banner(&console, &ttys, follow).await?,
+        Command::Reset { yes, poweroff } => {
+            if !yes {
+                bail!(
+                    "a factory reset erases all configuration, passwords, certificates and \
+                     keys; run again with --yes to confirm"
+                );
+            }
+            factory_reset(poweroff)?;
+            println!("factory reset requested; restarting to carry it out");
+        }
+        Command::Certs { command } => certs::run(&console, command).await?,
+        Command::Time(args) => time::run(args).await?,
+        Command::Net(args) => net::run(args).await?,
         Command::ApplyRequests { dir } => apply_requests(&dir)?,
     }
     Ok(())

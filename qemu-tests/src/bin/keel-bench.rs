@@ -1,0 +1,322 @@
+//! Keel's first benchmark, side by side with a stock minimal Debian in the same run
+//! and under the same QEMU settings (scripts/qemu-lib.sh): image sizes, boot time,
+//! idle memory of the keel processes. Prints a table; `--json PATH` writes the
+//! numbers. Run by scripts/bench.sh (`make bench`).
+//!
+//! Boot time, Keel: QEMU start → first successful HTTPS GET /appliance/api/v1/health,
+//! factory-fresh (first boot) and again after setup and a clean power-off.
+//! Boot time, stock Debian: QEMU start → `login:` on its serial line.
+//! The two are booted alternately, `--runs` times each, one VM at a time.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use keel_qemu_tests::{
+    csrf_of, image_path, json_get, json_post, workspace_root, Vm, BOOT_CEILING, POWEROFF_CEILING,
+    READY_MARKER,
+};
+use serde_json::{json, Value};
+
+const USAGE: &str = "usage: keel-bench [--runs N] [--idle-seconds S] [--json PATH] \
+                     [--stock PATH] (the Keel image: KEEL_IMAGE, default build/keel.qcow2; \
+                     keel.raw and root.squashfs beside it)";
+
+struct Options {
+    runs: usize,
+    idle: Duration,
+    json: Option<PathBuf>,
+    stock: PathBuf,
+}
+
+fn options() -> Result<Options> {
+    let root = workspace_root();
+    let mut o = Options {
+        runs: 3,
+        idle: Duration::from_secs(10),
+        json: None,
+        stock: root.join("build/stock.qcow2"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--runs" => o.runs = value()?.parse().context("--runs")?,
+            "--idle-seconds" => o.idle = Duration::from_secs(value()?.parse()?),
+            "--json" => o.json = Some(value()?.into()),
+            "--stock" => o.stock = value()?.into(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => bail!("unknown argument {a}\n{USAGE}"),
+        }
+    }
+    if o.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    Ok(o)
+}
+
+/// (apparent size, allocated size as `du` counts it) of the file behind `path`.
+fn sizes(path: &Path) -> Result<(u64, u64)> {
+    let m = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    Ok((m.len(), m.blocks() * 512))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn stats(xs: &[f64]) -> Value {
+    json!({
+        "runs_s": xs,
+        "median_s": median(xs),
+        "min_s": xs.iter().copied().fold(f64::INFINITY, f64::min),
+        "max_s": xs.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+/// One Keel appliance's numbers.
+struct KeelRun {
+    /// QEMU start → first HTTPS answer, factory-fresh (first boot: /data grown,
+    /// identity key and certificate made).
+    first: f64,
+    /// The same, booting again after setup and a clean power-off through the API.
+    second: f64,
+    /// Keel processes from /status after setup and an idle period (when asked).
+    processes: Option<Vec<Value>>,
+}
+
+/// Boots a fresh Keel, sets it up (and with `idle`, lets it idle and reads its
+/// processes), powers it off through the API and boots it again.
+async fn boot_keel(image: &Path, idle: Option<Duration>) -> Result<KeelRun> {
+    let mut vm = Vm::start("bench-keel", image)?;
+    let first = vm.wait_https(BOOT_CEILING).await?.as_secs_f64();
+    vm.wait_serial(READY_MARKER, BOOT_CEILING).await?;
+    let code = vm
+        .setup_code()
+        .context("no setup code on the serial line")?;
+    let (http, _) = vm.client();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/setup"),
+        json!({"setup_code": code, "password": "bench password"}),
+        None,
+    )
+    .await?;
+    if st != 200 {
+        bail!("setup answered {st}: {body}");
+    }
+    let csrf = csrf_of(&body)?;
+    let mut processes = None;
+    if let Some(idle) = idle {
+        tokio::time::sleep(idle).await;
+        let (st, status) = json_get(&http, &vm.url("/appliance/api/v1/status")).await?;
+        if st != 200 {
+            bail!("status answered {st}: {status}");
+        }
+        processes = Some(
+            status["processes"]
+                .as_array()
+                .context("no processes in /status")?
+                .clone(),
+        );
+    }
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/system/shutdown"),
+        json!({}),
+        Some(&csrf),
+    )
+    .await?;
+    if st != 202 {
+        bail!("shutdown answered {st}: {body}");
+    }
+    vm.wait_exit(POWEROFF_CEILING).await?;
+    vm.boot()?;
+    let second = vm.wait_https(BOOT_CEILING).await?.as_secs_f64();
+    Ok(KeelRun {
+        first,
+        second,
+        processes,
+    })
+}
+
+/// Boots the stock Debian once; seconds from QEMU start to `login:` on serial.
+async fn boot_stock(image: &Path) -> Result<f64> {
+    let mut vm = Vm::start("bench-stock", image)?;
+    vm.wait_serial("login:", BOOT_CEILING).await?;
+    Ok(vm.started().elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let o = options()?;
+    let root = workspace_root();
+    let image = image_path();
+    // The raw disk and the slot image lie beside the qcow2 (image/build.sh).
+    let dir = image.parent().unwrap_or(Path::new("."));
+    let raw = dir.join("keel.raw");
+    let squashfs = dir.join("root.squashfs");
+    for p in [&image, &raw, &squashfs, &o.stock] {
+        if !p.exists() {
+            bail!(
+                "{} is missing (make image; image/build-stock.sh for the stock peer)",
+                p.display()
+            );
+        }
+    }
+    let (raw_len, raw_alloc) = sizes(&raw)?;
+    let (qcow2, _) = sizes(&image)?;
+    let (squash, _) = sizes(&squashfs)?;
+    let (stock_qcow2, _) = sizes(&o.stock)?;
+
+    let cpus = std::env::var("KEEL_VM_CPUS").unwrap_or_else(|_| "2".into());
+    let mem = std::env::var("KEEL_VM_MEM").unwrap_or_else(|_| "1024".into());
+    let load_before = load_average();
+    eprintln!(
+        "booting Keel and stock Debian alternately, {} times each (-smp {cpus} -m {mem}; \
+         host load {load_before})",
+        o.runs
+    );
+    let (mut keel, mut keel_again, mut stock) = (Vec::new(), Vec::new(), Vec::new());
+    let mut processes = Vec::new();
+    for run in 1..=o.runs {
+        let idle = (run == 1).then_some(o.idle);
+        let k = boot_keel(&image, idle).await.context("Keel boot")?;
+        eprintln!(
+            "  run {run}: Keel console answering after {:.2} s (first boot), {:.2} s (second)",
+            k.first, k.second
+        );
+        keel.push(k.first);
+        keel_again.push(k.second);
+        if let Some(p) = k.processes {
+            processes = p;
+        }
+        let t = boot_stock(&o.stock).await.context("stock Debian boot")?;
+        eprintln!("  run {run}: stock Debian login: after {t:.2} s");
+        stock.push(t);
+    }
+    let load_after = load_average();
+    let ratio = median(&keel) / median(&stock);
+    let ratio_again = median(&keel_again) / median(&stock);
+    let rss: u64 = processes.iter().filter_map(|p| p["rss_kib"].as_u64()).sum();
+    let detail: Vec<String> = processes
+        .iter()
+        .map(|p| format!("{}={}", p["name"].as_str().unwrap_or("?"), p["rss_kib"]))
+        .collect();
+
+    println!();
+    println!(
+        "{:<48} {:>12} {:>14} {:>7}",
+        format!("median of {} boots, -smp {cpus} -m {mem}", o.runs),
+        "Keel",
+        "stock Debian",
+        "ratio"
+    );
+    println!(
+        "{:<48} {:>10.2} s {:>12.2} s {:>7.2}",
+        "boot: QEMU start -> HTTPS answer / login:",
+        median(&keel),
+        median(&stock),
+        ratio
+    );
+    println!(
+        "{:<48} {:>10.2} s {:>12.2} s {:>7.2}",
+        "  Keel booting again (set up, powered off)",
+        median(&keel_again),
+        median(&stock),
+        ratio_again
+    );
+    println!(
+        "{:<48} {:>8.1} MiB {:>10.1} MiB {:>7.2}",
+        "qcow2 image",
+        mib(qcow2),
+        mib(stock_qcow2),
+        qcow2 as f64 / stock_qcow2 as f64
+    );
+    println!(
+        "{:<48} {:>8.1} MiB   (of {:.0} MiB)",
+        "raw image, allocated (du)",
+        mib(raw_alloc),
+        mib(raw_len)
+    );
+    println!("{:<48} {:>8.1} MiB", "root slot (squashfs)", mib(squash));
+    println!(
+        "{:<48} {:>8} KiB   ({})",
+        format!(
+            "idle RSS of keel processes ({} s after setup)",
+            o.idle.as_secs()
+        ),
+        rss,
+        detail.join(" ")
+    );
+    let runs = |xs: &[f64]| {
+        xs.iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "boot runs (s): Keel {} | Keel again {} | stock {}; host load {load_before} -> {load_after}",
+        runs(&keel),
+        runs(&keel_again),
+        runs(&stock)
+    );
+
+    if let Some(path) = &o.json {
+        let report = json!({
+            "version": std::fs::read_to_string(root.join("VERSION"))?.trim(),
+            "qemu": {"cpus": cpus, "mem_mib": mem, "firmware": "bios"},
+            "host_load": {"before": load_before, "after": load_after},
+            "boot": {
+                "keel_https_ready": stats(&keel),
+                "keel_https_ready_second_boot": stats(&keel_again),
+                "stock_login_prompt": stats(&stock),
+                "ratio_of_medians": ratio,
+                "ratio_of_medians_second_boot": ratio_again,
+            },
+            "sizes_bytes": {
+                "raw_apparent": raw_len,
+                "raw_allocated": raw_alloc,
+                "qcow2": qcow2,
+                "root_squashfs": squash,
+                "stock_qcow2": stock_qcow2,
+            },
+            "idle": {
+                "seconds_after_setup": o.idle.as_secs(),
+                "rss_kib_total": rss,
+                "processes": processes,
+            },
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

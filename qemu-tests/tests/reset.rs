@@ -1,0 +1,190 @@
+//! Factory reset on the real image: from the API, and from the boot menu driven on
+//! the serial line. Afterwards nothing of the old identity is on the disk.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use keel_qemu_tests::{csrf_of, image_or_skip, json_post, Vm, BOOT_CEILING};
+use serde_json::json;
+
+const PASSWORD: &str = "old admin password";
+
+/// The last full line of the certificate's PEM body: it encodes signature bytes, so
+/// it exists only in that appliance's stored certificate (the first lines encode
+/// the issuer name, which every self-signed Keel certificate shares).
+fn pem_line(der: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-outform", "PEM"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl (scripts/deps.sh installs it)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(der).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let pem = String::from_utf8(out.stdout).unwrap();
+    pem.lines()
+        .rfind(|l| !l.starts_with("-----") && l.len() == 64)
+        .expect("a full PEM body line")
+        .to_owned()
+}
+
+/// Number of times the console has come up on this VM's current QEMU run.
+fn boots(vm: &Vm) -> usize {
+    vm.serial().matches("KEEL-READY").count()
+}
+
+async fn wait_boots(vm: &mut Vm, n: usize) {
+    let deadline = std::time::Instant::now() + BOOT_CEILING;
+    while boots(vm) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "boot {n} did not come\n{}",
+            vm.serial_tail()
+        );
+        assert!(
+            vm.exited().unwrap().is_none(),
+            "QEMU ended\n{}",
+            vm.serial_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    vm.wait_https(BOOT_CEILING).await.unwrap();
+}
+
+/// Sets the admin password with the setup code of the latest boot; returns the
+/// client, its CSRF token and the served certificate (DER).
+async fn set_up(vm: &Vm) -> (reqwest::Client, String, Vec<u8>) {
+    let code = vm.setup_code().expect("setup code on the serial line");
+    let (http, seen) = vm.client();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/setup"),
+        json!({"setup_code": code, "password": PASSWORD}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "{body}");
+    (http, csrf_of(&body).unwrap(), seen.seen_der().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_reset_from_api_and_boot_menu() {
+    let Some(image) = image_or_skip() else {
+        return;
+    };
+    let mut vm = Vm::start("reset", &image).unwrap();
+    wait_boots(&mut vm, 1).await;
+    let code1 = vm.setup_code().unwrap();
+    let (http, csrf, cert1) = set_up(&vm).await;
+    let line1 = pem_line(&cert1);
+    // The scan sees the stored certificate before the reset (it can find things).
+    assert_eq!(
+        vm.disk_contains(&[&line1]).unwrap(),
+        [true],
+        "certificate not on disk"
+    );
+
+    // Without the typed confirmation nothing happens.
+    let url = vm.url("/appliance/api/v1/system/factory-reset");
+    let (st, body) = json_post(&http, &url, json!({"confirm": "yes"}), Some(&csrf))
+        .await
+        .unwrap();
+    assert_eq!(st, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("RESET"));
+    let (st, _) = json_post(&http, &url, json!({"confirm": "RESET"}), None)
+        .await
+        .unwrap();
+    assert_eq!(st, 403, "reset without CSRF token");
+
+    let (st, body) = json_post(&http, &url, json!({"confirm": "RESET"}), Some(&csrf))
+        .await
+        .unwrap();
+    assert_eq!(st, 202, "{body}");
+    wait_boots(&mut vm, 2).await;
+
+    // A new appliance: new setup code, new certificate, the old password is gone.
+    let code2 = vm.setup_code().unwrap();
+    assert_ne!(code1, code2);
+    let (http2, seen2) = vm.client();
+    let state: serde_json::Value = http2
+        .get(vm.url("/appliance/api/v1/setup"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["setup_required"], true);
+    let (st, _) = json_post(
+        &http2,
+        &vm.url("/appliance/api/v1/login"),
+        json!({"password": PASSWORD}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 409, "old password still accepted");
+    assert_ne!(seen2.seen_der().unwrap(), cert1);
+
+    // Boot menu: restart, pick "Factory reset" with its hotkey on the serial line,
+    // confirm at the prompt.
+    let (http, csrf, cert2) = set_up(&vm).await;
+    let line2 = pem_line(&cert2);
+    let grub_before = vm.serial().matches("GNU GRUB").count();
+    let (st, _) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/system/reboot"),
+        json!({}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 202);
+    let deadline = std::time::Instant::now() + BOOT_CEILING;
+    while vm.serial().matches("GNU GRUB").count() <= grub_before {
+        assert!(std::time::Instant::now() < deadline, "{}", vm.serial_tail());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vm.type_serial("f").unwrap();
+    let deadline = std::time::Instant::now() + BOOT_CEILING;
+    while !vm.serial().contains("Type RESET") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no confirmation prompt\n{}",
+            vm.serial_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    vm.type_serial("RESET\r").unwrap();
+    wait_boots(&mut vm, 3).await;
+    let code3 = vm.setup_code().unwrap();
+    assert_ne!(code3, code2);
+    let (http, csrf, cert3) = set_up(&vm).await;
+    assert_ne!(cert3, cert2);
+
+    // Power off cleanly so the disk image holds everything the guest wrote, then
+    // scan it as a thief with the disk in hand would.
+    let (st, _) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/system/shutdown"),
+        json!({}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 202);
+    vm.wait_exit(Duration::from_secs(120)).await.unwrap();
+
+    // Nothing of the earlier identities is left on the disk; the current one is.
+    let line3 = pem_line(&cert3);
+    let found = vm
+        .disk_contains(&[&line1, &line2, &code1, &code2, &line3])
+        .unwrap();
+    assert_eq!(
+        found,
+        [false, false, false, false, true],
+        "[cert 1, cert 2, setup code 1, setup code 2] must be gone; the live cert 3 present"
+    );
+}

@@ -1,0 +1,227 @@
+//! Network configuration (keel-netd): *Networking › IP configuration*,
+//! `/appliance/api/v1/net/...`, `keelctl net`. One model for service, console and CLI.
+//!
+//! Every change is commit-confirm: netd applies it at once and reverts to the last
+//! confirmed configuration unless the change is confirmed within a window.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+/// Default confirmation window of a change.
+pub const NET_CONFIRM_SECONDS: u64 = 120;
+
+/// The fixed IPv4 link-local address the factory default puts on the first wired
+/// interface, beside DHCP: a technician's laptop on a cable always finds the box here.
+pub const NET_FALLBACK_ADDRESS: &str = "169.254.1.1/16";
+
+/// The whole network configuration (`/data/net/config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceConfig>,
+    /// Default IPv4 gateway; must lie in a subnet of a static address.
+    #[serde(default)]
+    pub gateway4: Option<Ipv4Addr>,
+    /// Default IPv6 gateway; a link-local one needs exactly one interface.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub routes: Vec<StaticRoute>,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// NTP servers (host names or addresses, optionally `:port`); netd writes them to
+    /// `/data/net/ntp-servers.json` (`NtpServers`) for keel-timed.
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            gateway4: None,
+            gateway6: None,
+            routes: Vec::new(),
+            dns: DnsConfig::default(),
+            hostname: default_hostname(),
+            ntp_servers: Vec::new(),
+        }
+    }
+}
+
+pub fn default_hostname() -> String {
+    "keel".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How an interface gets its addresses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressMode {
+    /// DHCPv4 and IPv6 router advertisements (SLAAC), plus any `addresses` listed.
+    #[default]
+    Dhcp,
+    /// Exactly the listed addresses.
+    Static,
+}
+
+impl AddressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressMode::Dhcp => "dhcp",
+            AddressMode::Static => "static",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Kernel name, e.g. `ens3`.
+    pub name: String,
+    /// When set, the interface must carry this MAC (`52:54:00:12:34:56`), so a
+    /// configuration never lands on the wrong port after a hardware change.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub mode: AddressMode,
+    /// Addresses in CIDR form (`192.0.2.10/24`, `2001:db8::10/64`).
+    #[serde(default)]
+    pub addresses: Vec<IpNetwork>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// The *shared IP* of a failover pair: stored here, never brought up by netd
+    /// (keel-failover takes it over on the primary).
+    #[serde(default)]
+    pub shared_address: Option<IpNetwork>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    /// Destination network, e.g. `10.20.0.0/16`.
+    pub destination: IpNetwork,
+    /// Next hop; must lie in a connected subnet (or be link-local with `interface`).
+    pub gateway: IpAddr,
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    #[serde(default)]
+    pub servers: Vec<IpAddr>,
+    /// Search domains.
+    #[serde(default)]
+    pub search: Vec<String>,
+}
+
+/// One network interface as the kernel has it now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetLink {
+    pub name: String,
+    pub index: u32,
+    /// Lowercase, colon-separated; empty when the link has none.
+    pub mac: String,
+    /// The driver kind of a virtual link (`veth`, `bridge`, `vlan`, ...); `None` for hardware.
+    pub kind: Option<String>,
+    /// A physical (or physical-looking) Ethernet port: gets DHCP by default.
+    pub wired: bool,
+    /// Administratively up.
+    pub up: bool,
+    pub mtu: u32,
+    /// CIDR form, as the kernel lists them.
+    pub addresses: Vec<String>,
+}
+
+/// A change waiting for confirmation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetPending {
+    /// Who made it (`console`, `keelctl`): only the same front end may confirm it.
+    pub owner: String,
+    /// When the change is reverted unless confirmed, RFC 3339 UTC.
+    pub deadline: String,
+    pub seconds_left: u64,
+    pub window_seconds: u64,
+    /// Applied now.
+    pub proposed: NetConfig,
+    /// What comes back on revert (the last confirmed configuration).
+    pub previous: NetConfig,
+}
+
+/// Answer of netd's `GET /state` and the console's `GET /net/config`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetState {
+    /// In force now: the pending change if there is one, else the confirmed one.
+    pub running: NetConfig,
+    pub confirmed: NetConfig,
+    /// `file` (`/data/net/config.json`) or `default` (factory: DHCP everywhere).
+    pub source: String,
+    pub pending: Option<NetPending>,
+    pub links: Vec<NetLink>,
+}
+
+/// Body of netd's `PUT /config`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetChangeRequest {
+    pub config: NetConfig,
+    /// The front end making the change (set by the console or keelctl, not by users).
+    #[serde(default)]
+    pub owner: String,
+    /// Confirmation window; netd's default (120 s) when absent.
+    #[serde(default)]
+    pub confirm_seconds: Option<u64>,
+}
+
+/// Body of netd's `POST /confirm` and `POST /cancel`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetConfirmRequest {
+    #[serde(default)]
+    pub owner: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c: NetConfig = serde_json::from_str(
+            r#"{"interfaces":[{"name":"eth0","mode":"static","addresses":["192.0.2.10/24"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "keel");
+        assert!(c.interfaces[0].enabled);
+        assert_eq!(c.interfaces[0].addresses[0].prefix(), 24);
+        assert_eq!(
+            c.interfaces[0].addresses[0].ip().to_string(),
+            "192.0.2.10",
+            "host part kept"
+        );
+        let back: NetConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn malformed_cidr_and_unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<NetConfig>(
+            r#"{"interfaces":[{"name":"eth0","addresses":["10.0.0.1/33"]}]}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<NetConfig>(r#"{"gateway":"10.0.0.1"}"#).is_err());
+    }
+}

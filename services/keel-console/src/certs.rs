@@ -1,0 +1,1021 @@
+//! *Security › Certificates*: the certificate store's JSON API under
+//! `/appliance/api/v1/certs` and its HTML page. Every change is pushed to the
+//! TLS server at once (new handshakes only: open connections keep going).
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{DefaultBodyLimit, Form, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use keel_api::{
+    CertCheck, CertDeleteRequest, CertExportRequest, CertImportRequest, CertList, CertTargets,
+    CertWarning, CertificateEntry, CsrCreated, ExportFormat, KeyType, NewCertRequest,
+};
+use keel_certs::export::Exported;
+use keel_certs::material::Input;
+use keel_certs::{CertError, CertStore, ErrorKind};
+use serde::Deserialize;
+
+use crate::app::{self, JsonBody, Shared};
+use crate::error::ApiError;
+use crate::tls::CertResolver;
+
+/// Import bodies carry base64 files (up to 8 × 256 KiB); everything else is small.
+pub const IMPORT_MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct CertsState {
+    pub app: Shared,
+    pub store: Arc<CertStore>,
+    pub resolver: Arc<CertResolver>,
+}
+
+pub type CertsShared = Arc<CertsState>;
+
+impl CertsState {
+    pub fn new(app: Shared, store: Arc<CertStore>, resolver: Arc<CertResolver>) -> CertsShared {
+        let cs = Arc::new(Self {
+            app,
+            store,
+            resolver,
+        });
+        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        reg.retain(|w| w.strong_count() > 0);
+        reg.push(Arc::downgrade(&cs));
+        cs
+    }
+
+    /// Serves what the store now says (hot swap).
+    pub fn reload(&self) -> Result<(), CertError> {
+        self.resolver.set_serving(self.store.serving()?);
+        Ok(())
+    }
+
+    /// Warnings about certificates in use, one line each (for the Basics page).
+    pub fn in_use_warnings(&self) -> Vec<String> {
+        match self.store.in_use_warnings() {
+            Ok(w) => w
+                .into_iter()
+                .map(|(c, w)| format!("{} ({}): {}", c.label, c.assigned.join(", "), w.message))
+                .collect(),
+            Err(e) => vec![format!("certificate store unreadable: {e}")],
+        }
+    }
+}
+
+/// Certificate stores by console, so pages built from the console's own state
+/// (Basics) can show their warnings without the state knowing about them.
+static REGISTRY: std::sync::Mutex<Vec<std::sync::Weak<CertsState>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Warnings about the certificates `app` serves (empty without a store).
+pub fn in_use_warnings(app: &crate::app::AppState) -> Vec<String> {
+    let found = REGISTRY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .find(|cs| std::ptr::eq(Arc::as_ptr(&cs.app), app));
+    found.map(|cs| cs.in_use_warnings()).unwrap_or_default()
+}
+
+/// Adds the certificate routes to the console's router, and the store to every
+/// request (the Basics page shows its warnings).
+pub fn with_certs(router: Router, cs: CertsShared) -> Router {
+    router.merge(self::router(cs.clone())).layer(Extension(cs))
+}
+
+fn api_error(e: CertError) -> ApiError {
+    let status = match (&e, e.kind()) {
+        (CertError::TooLarge { .. }, _) => StatusCode::PAYLOAD_TOO_LARGE,
+        (_, ErrorKind::BadInput) => StatusCode::BAD_REQUEST,
+        (_, ErrorKind::NotFound) => StatusCode::NOT_FOUND,
+        (_, ErrorKind::Conflict) => StatusCode::CONFLICT,
+        (_, ErrorKind::Internal) => return ApiError::internal(e),
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// Key generation and passphrase derivation take time: off the executor.
+async fn blocking<T: Send + 'static>(
+    cs: &CertsShared,
+    f: impl FnOnce(&CertStore) -> Result<T, CertError> + Send + 'static,
+) -> Result<T, CertError> {
+    let store = cs.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| CertError::Invalid(format!("task failed: {e}")))?
+}
+
+fn reload(cs: &CertsState) -> Result<(), ApiError> {
+    cs.reload()
+        .map_err(|e| ApiError::internal(format!("certificate change stored but not served: {e}")))
+}
+
+fn api_session(cs: &CertsState, headers: &HeaderMap) -> Result<(), ApiError> {
+    cs.app
+        .session(headers)
+        .map(|_| ())
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Session plus CSRF header and same-origin check for changes.
+fn api_change(cs: &CertsState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (_, session) = cs.app.session(headers).ok_or_else(ApiError::unauthorized)?;
+    let presented = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !session.csrf_matches(presented) || !app::same_origin(headers) {
+        return Err(ApiError::csrf());
+    }
+    Ok(())
+}
+
+struct Decoded {
+    files: Vec<(String, Vec<u8>)>,
+    passphrase: Option<String>,
+    label: String,
+}
+
+fn decode(req: CertImportRequest) -> Result<Decoded, ApiError> {
+    let mut files = Vec::new();
+    for (i, f) in req.files.into_iter().enumerate() {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(f.data_base64.trim())
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("file {}: data_base64 is not valid base64", i + 1),
+                )
+            })?;
+        let name = if f.name.is_empty() {
+            format!("file {}", i + 1)
+        } else {
+            f.name
+        };
+        files.push((name, data));
+    }
+    Ok(Decoded {
+        files,
+        passphrase: req.passphrase,
+        label: req.label,
+    })
+}
+
+fn inputs(files: &[(String, Vec<u8>)]) -> Vec<Input<'_>> {
+    files
+        .iter()
+        .map(|(name, data)| Input { name, data })
+        .collect()
+}
+
+async fn api_list(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+) -> Result<Json<CertList>, ApiError> {
+    api_session(&cs, &headers)?;
+    Ok(Json(cs.store.list().map_err(api_error)?))
+}
+
+async fn api_get(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<CertificateEntry>, ApiError> {
+    api_session(&cs, &headers)?;
+    Ok(Json(cs.store.get(&id).map_err(api_error)?))
+}
+
+async fn api_import(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CertImportRequest>,
+) -> Result<(StatusCode, Json<CertificateEntry>), ApiError> {
+    api_change(&cs, &headers)?;
+    let d = decode(req)?;
+    let entry = blocking(&cs, move |s| {
+        s.import(&d.label, &inputs(&d.files), d.passphrase.as_deref())
+    })
+    .await
+    .map_err(api_error)?;
+    // A CA answer may complete an entry that is already assigned.
+    reload(&cs)?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+async fn api_answer(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CertImportRequest>,
+) -> Result<Json<CertificateEntry>, ApiError> {
+    api_change(&cs, &headers)?;
+    let d = decode(req)?;
+    let entry = blocking(&cs, move |s| {
+        s.answer(&id, &inputs(&d.files), d.passphrase.as_deref())
+    })
+    .await
+    .map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(entry))
+}
+
+async fn api_self_signed(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewCertRequest>,
+) -> Result<(StatusCode, Json<CertificateEntry>), ApiError> {
+    api_change(&cs, &headers)?;
+    let entry = blocking(&cs, move |s| s.create_self_signed(&req))
+        .await
+        .map_err(api_error)?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+async fn api_csr(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<NewCertRequest>,
+) -> Result<(StatusCode, Json<CsrCreated>), ApiError> {
+    api_change(&cs, &headers)?;
+    let (certificate, csr_pem) = blocking(&cs, move |s| s.create_csr(&req))
+        .await
+        .map_err(api_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CsrCreated {
+            certificate,
+            csr_pem,
+        }),
+    ))
+}
+
+fn download(bytes: Vec<u8>, content_type: &'static str, file_name: &str) -> Response {
+    let mut resp = bytes.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    resp
+}
+
+async fn api_csr_pem(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    api_session(&cs, &headers)?;
+    let pem = cs.store.csr_pem(&id).map_err(api_error)?;
+    Ok(download(
+        pem.into_bytes(),
+        "application/pkcs10",
+        &format!("{id}.csr"),
+    ))
+}
+
+/// The certificate chain alone (public): a plain GET, e.g. for a browser link.
+async fn api_cert_pem(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    api_session(&cs, &headers)?;
+    let out = blocking(&cs, move |s| {
+        s.export(
+            &id,
+            &CertExportRequest {
+                format: ExportFormat::Pem,
+                include_key: false,
+                include_chain: true,
+                passphrase: None,
+            },
+        )
+    })
+    .await
+    .map_err(api_error)?;
+    Ok(exported(out))
+}
+
+fn exported(out: Exported) -> Response {
+    download(out.bytes, out.content_type, &out.file_name)
+}
+
+async fn api_export(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CertExportRequest>,
+) -> Result<Response, ApiError> {
+    api_change(&cs, &headers)?;
+    let out = blocking(&cs, move |s| s.export(&id, &req))
+        .await
+        .map_err(api_error)?;
+    Ok(exported(out))
+}
+
+async fn api_check(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(t): JsonBody<CertTargets>,
+) -> Result<Json<CertCheck>, ApiError> {
+    api_session(&cs, &headers)?;
+    let warnings = cs.store.check(&id, &t).map_err(api_error)?;
+    Ok(Json(CertCheck { warnings }))
+}
+
+async fn api_assign(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(t): JsonBody<CertTargets>,
+) -> Result<Json<CertList>, ApiError> {
+    api_change(&cs, &headers)?;
+    let list = cs.store.assign(&id, &t).map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(list))
+}
+
+async fn api_unassign(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    JsonBody(t): JsonBody<CertTargets>,
+) -> Result<Json<CertList>, ApiError> {
+    api_change(&cs, &headers)?;
+    let list = cs.store.unassign(&t).map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(list))
+}
+
+async fn api_delete(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CertDeleteRequest>,
+) -> Result<StatusCode, ApiError> {
+    api_change(&cs, &headers)?;
+    cs.store
+        .delete(&id, req.replacement.as_deref())
+        .map_err(api_error)?;
+    reload(&cs)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Like the console's own guard: answer 413 before reading a body that is too big.
+async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > IMPORT_MAX_BODY as u64 => {
+            // Read (up to a bound) so a client still sending sees the answer.
+            if len <= 2 * IMPORT_MAX_BODY as u64 {
+                let mut body = req.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+            }
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {len} bytes is over the limit of {IMPORT_MAX_BODY} bytes"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+// ---- HTML: Security › Certificates ----
+
+#[derive(Template)]
+#[template(path = "certificates.html")]
+struct CertificatesPage {
+    csrf: String,
+    error: Option<String>,
+    notice: Option<String>,
+    list: CertList,
+    /// A CSR just made: (id, PEM).
+    csr: Option<(String, String)>,
+    /// Result of "check" before assigning: (id, targets as typed, warnings).
+    check: Option<(String, String, Vec<CertWarning>)>,
+}
+
+const PAGE: &str = "/appliance/security/certificates";
+
+struct PageOpts {
+    status: StatusCode,
+    error: Option<String>,
+    notice: Option<String>,
+    csr: Option<(String, String)>,
+    check: Option<(String, String, Vec<CertWarning>)>,
+}
+
+impl PageOpts {
+    fn ok() -> Self {
+        Self {
+            status: StatusCode::OK,
+            error: None,
+            notice: None,
+            csr: None,
+            check: None,
+        }
+    }
+    fn error(e: &CertError) -> Self {
+        let status = api_error_status(e);
+        Self {
+            status,
+            error: Some(e.to_string()),
+            ..Self::ok()
+        }
+    }
+    fn notice(n: impl Into<String>) -> Self {
+        Self {
+            notice: Some(n.into()),
+            ..Self::ok()
+        }
+    }
+}
+
+fn api_error_status(e: &CertError) -> StatusCode {
+    match e.kind() {
+        ErrorKind::BadInput => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn page(cs: &CertsState, csrf: String, opts: PageOpts) -> Response {
+    let (list, error) = match cs.store.list() {
+        Ok(l) => (l, opts.error),
+        Err(e) => (
+            CertList {
+                certificates: Vec::new(),
+                assignments: Default::default(),
+            },
+            Some(e.to_string()),
+        ),
+    };
+    let page = CertificatesPage {
+        csrf,
+        error,
+        notice: opts.notice,
+        list,
+        csr: opts.csr,
+        check: opts.check,
+    };
+    match page.render() {
+        Ok(html) => (opts.status, Html(html)).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+async fn html_page(State(cs): State<CertsShared>, headers: HeaderMap) -> Response {
+    match cs.app.session(&headers) {
+        Some((_, s)) => page(&cs, s.csrf_token, PageOpts::ok()),
+        None => Redirect::to("/appliance/").into_response(),
+    }
+}
+
+/// The session's CSRF token behind a form post, or the answer to give instead.
+fn form_session(cs: &CertsState, headers: &HeaderMap, csrf: &str) -> Result<String, Box<Response>> {
+    let Some((_, session)) = cs.app.session(headers) else {
+        return Err(Box::new(Redirect::to("/appliance/").into_response()));
+    };
+    if !session.csrf_matches(csrf) || !app::same_origin(headers) {
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Html("The form expired or came from another site; nothing was changed."),
+            )
+                .into_response(),
+        ));
+    }
+    Ok(session.csrf_token)
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn key_type(s: &str) -> KeyType {
+    match s {
+        "rsa-2048" => KeyType::Rsa2048,
+        "rsa-3072" => KeyType::Rsa3072,
+        _ => KeyType::EcdsaP256,
+    }
+}
+
+#[derive(Deserialize)]
+struct NewForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    sans: String,
+    #[serde(default)]
+    key_type: String,
+    #[serde(default)]
+    days: String,
+}
+
+impl NewForm {
+    fn request(&self) -> Result<NewCertRequest, CertError> {
+        let days = match self.days.trim() {
+            "" => None,
+            d => Some(
+                d.parse()
+                    .map_err(|_| CertError::Invalid("validity: a number of days".into()))?,
+            ),
+        };
+        Ok(NewCertRequest {
+            label: self.label.clone(),
+            common_name: String::new(),
+            sans: split_list(&self.sans),
+            key_type: key_type(&self.key_type),
+            days,
+            organization: String::new(),
+        })
+    }
+}
+
+async fn form_self_signed(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Form(f): Form<NewForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let result = match f.request() {
+        Ok(req) => blocking(&cs, move |s| s.create_self_signed(&req)).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(e) => page(
+            &cs,
+            csrf,
+            PageOpts::notice(format!("Created \"{}\".", e.label)),
+        ),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+async fn form_csr(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Form(f): Form<NewForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let result = match f.request() {
+        Ok(req) => blocking(&cs, move |s| s.create_csr(&req)).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((e, pem)) => page(
+            &cs,
+            csrf,
+            PageOpts {
+                csr: Some((e.id.clone(), pem)),
+                ..PageOpts::notice(format!(
+                    "Request for \"{}\" created: give it to your CA, then import the answer.",
+                    e.label
+                ))
+            },
+        ),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ImportForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    pem: String,
+    #[serde(default)]
+    passphrase: String,
+}
+
+async fn form_import(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Form(f): Form<ImportForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let pass = (!f.passphrase.is_empty()).then_some(f.passphrase);
+    let (label, pem) = (f.label, f.pem);
+    let result = blocking(&cs, move |s| {
+        s.import(
+            &label,
+            &[Input {
+                name: "pasted text",
+                data: pem.as_bytes(),
+            }],
+            pass.as_deref(),
+        )
+    })
+    .await;
+    match result.and_then(|e| cs.reload().map(|_| e)) {
+        Ok(e) => page(
+            &cs,
+            csrf,
+            PageOpts::notice(format!("Imported \"{}\".", e.label)),
+        ),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct AssignForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    targets: String,
+    #[serde(default)]
+    default: Option<String>,
+    /// `check` (show warnings first) or `assign`.
+    #[serde(default)]
+    action: String,
+}
+
+/// Splits typed targets into addresses and host names.
+fn targets(text: &str, default: bool) -> CertTargets {
+    let mut t = CertTargets {
+        default,
+        ..Default::default()
+    };
+    for item in split_list(text) {
+        match item.parse() {
+            Ok(ip) => t.ips.push(ip),
+            Err(_) => t.hostnames.push(item),
+        }
+    }
+    t
+}
+
+async fn form_assign(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<AssignForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let t = targets(&f.targets, f.default.is_some());
+    if f.action == "check" {
+        return match cs.store.check(&id, &t) {
+            Ok(w) => page(
+                &cs,
+                csrf,
+                PageOpts {
+                    check: Some((id, f.targets, w)),
+                    ..PageOpts::ok()
+                },
+            ),
+            Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+        };
+    }
+    match cs.store.assign(&id, &t).and_then(|_| cs.reload()) {
+        Ok(()) => page(
+            &cs,
+            csrf,
+            PageOpts::notice("Assigned; new connections get it now."),
+        ),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct UnassignForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    target: String,
+}
+
+async fn form_unassign(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Form(f): Form<UnassignForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let t = match f.target.split_once(':') {
+        Some(("ip", v)) => targets(v, false),
+        Some(("host", v)) => targets(v, false),
+        _ if f.target == "default" => targets("", true),
+        _ => {
+            return page(
+                &cs,
+                csrf,
+                PageOpts::error(&CertError::Invalid("unknown target".into())),
+            )
+        }
+    };
+    match cs.store.unassign(&t).and_then(|_| cs.reload()) {
+        Ok(()) => page(
+            &cs,
+            csrf,
+            PageOpts::notice(format!("{} no longer assigned.", f.target)),
+        ),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    replacement: String,
+}
+
+async fn form_delete(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<DeleteForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let rep = (!f.replacement.is_empty()).then_some(f.replacement);
+    match cs
+        .store
+        .delete(&id, rep.as_deref())
+        .and_then(|_| cs.reload())
+    {
+        Ok(()) => page(&cs, csrf, PageOpts::notice("Deleted.")),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    format: String,
+    #[serde(default)]
+    include_key: Option<String>,
+    #[serde(default)]
+    passphrase: String,
+}
+
+async fn form_export(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ExportForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let req = CertExportRequest {
+        format: if f.format == "pkcs12" {
+            ExportFormat::Pkcs12
+        } else {
+            ExportFormat::Pem
+        },
+        include_key: f.include_key.is_some(),
+        include_chain: true,
+        passphrase: (!f.passphrase.is_empty()).then_some(f.passphrase),
+    };
+    match blocking(&cs, move |s| s.export(&id, &req)).await {
+        Ok(out) => exported(out),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+struct AnswerForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    pem: String,
+}
+
+async fn form_answer(
+    State(cs): State<CertsShared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<AnswerForm>,
+) -> Response {
+    let csrf = match form_session(&cs, &headers, &f.csrf) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let pem = f.pem;
+    let result = blocking(&cs, move |s| {
+        s.answer(
+            &id,
+            &[Input {
+                name: "pasted text",
+                data: pem.as_bytes(),
+            }],
+            None,
+        )
+    })
+    .await;
+    match result.and_then(|e| cs.reload().map(|_| e)) {
+        Ok(e) => page(
+            &cs,
+            csrf,
+            PageOpts::notice(format!("The CA's answer completed \"{}\".", e.label)),
+        ),
+        Err(e) => page(&cs, csrf, PageOpts::error(&e)),
+    }
+}
+
+const API: &str = "/appliance/api/v1/certs";
+
+pub fn router(cs: CertsShared) -> Router {
+    let big = || DefaultBodyLimit::max(IMPORT_MAX_BODY);
+    let r = |p: &str| format!("{API}{p}");
+    let h = |p: &str| format!("{PAGE}{p}");
+    Router::new()
+        .route(API, get(api_list))
+        .route(&r("/import"), post(api_import).layer(big()))
+        .route(&r("/self-signed"), post(api_self_signed))
+        .route(&r("/csr"), post(api_csr))
+        .route(&r("/unassign"), post(api_unassign))
+        .route(&r("/{id}"), get(api_get))
+        .route(&r("/{id}/csr"), get(api_csr_pem))
+        .route(&r("/{id}/certificate"), get(api_cert_pem))
+        .route(&r("/{id}/answer"), post(api_answer).layer(big()))
+        .route(&r("/{id}/export"), post(api_export))
+        .route(&r("/{id}/check"), post(api_check))
+        .route(&r("/{id}/assign"), post(api_assign))
+        .route(&r("/{id}/delete"), post(api_delete))
+        .route(PAGE, get(html_page))
+        .route(&h("/self-signed"), post(form_self_signed))
+        .route(&h("/csr"), post(form_csr))
+        .route(&h("/import"), post(form_import).layer(big()))
+        .route(&h("/unassign"), post(form_unassign))
+        .route(&h("/{id}/assign"), post(form_assign))
+        .route(&h("/{id}/delete"), post(form_delete))
+        .route(&h("/{id}/export"), post(form_export))
+        .route(&h("/{id}/answer"), post(form_answer).layer(big()))
+        .layer(DefaultBodyLimit::max(app::MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::map_response(app::security_headers))
+        .with_state(cs)
+}
+
+// ---- Local API (Unix socket, root only: keelctl) ----
+// No session: the socket's permissions decide who may call.
+
+async fn local_list(State(cs): State<CertsShared>) -> Result<Json<CertList>, ApiError> {
+    Ok(Json(cs.store.list().map_err(api_error)?))
+}
+
+async fn local_import(
+    State(cs): State<CertsShared>,
+    JsonBody(req): JsonBody<CertImportRequest>,
+) -> Result<Json<CertificateEntry>, ApiError> {
+    let d = decode(req)?;
+    let entry = blocking(&cs, move |s| {
+        s.import(&d.label, &inputs(&d.files), d.passphrase.as_deref())
+    })
+    .await
+    .map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(entry))
+}
+
+async fn local_answer(
+    State(cs): State<CertsShared>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CertImportRequest>,
+) -> Result<Json<CertificateEntry>, ApiError> {
+    let d = decode(req)?;
+    let entry = blocking(&cs, move |s| {
+        s.answer(&id, &inputs(&d.files), d.passphrase.as_deref())
+    })
+    .await
+    .map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(entry))
+}
+
+async fn local_self_signed(
+    State(cs): State<CertsShared>,
+    JsonBody(req): JsonBody<NewCertRequest>,
+) -> Result<Json<CertificateEntry>, ApiError> {
+    Ok(Json(
+        blocking(&cs, move |s| s.create_self_signed(&req))
+            .await
+            .map_err(api_error)?,
+    ))
+}
+
+async fn local_csr(
+    State(cs): State<CertsShared>,
+    JsonBody(req): JsonBody<NewCertRequest>,
+) -> Result<Json<CsrCreated>, ApiError> {
+    let (certificate, csr_pem) = blocking(&cs, move |s| s.create_csr(&req))
+        .await
+        .map_err(api_error)?;
+    Ok(Json(CsrCreated {
+        certificate,
+        csr_pem,
+    }))
+}
+
+async fn local_export(
+    State(cs): State<CertsShared>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CertExportRequest>,
+) -> Result<Json<keel_api::CertExportFile>, ApiError> {
+    let out = blocking(&cs, move |s| s.export(&id, &req))
+        .await
+        .map_err(api_error)?;
+    Ok(Json(keel_api::CertExportFile {
+        file_name: out.file_name,
+        content_type: out.content_type.to_owned(),
+        data_base64: base64::engine::general_purpose::STANDARD.encode(&out.bytes),
+    }))
+}
+
+async fn local_check(
+    State(cs): State<CertsShared>,
+    Path(id): Path<String>,
+    JsonBody(t): JsonBody<CertTargets>,
+) -> Result<Json<CertCheck>, ApiError> {
+    let warnings = cs.store.check(&id, &t).map_err(api_error)?;
+    Ok(Json(CertCheck { warnings }))
+}
+
+async fn local_assign(
+    State(cs): State<CertsShared>,
+    Path(id): Path<String>,
+    JsonBody(t): JsonBody<CertTargets>,
+) -> Result<Json<CertList>, ApiError> {
+    let list = cs.store.assign(&id, &t).map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(list))
+}
+
+async fn local_unassign(
+    State(cs): State<CertsShared>,
+    JsonBody(t): JsonBody<CertTargets>,
+) -> Result<Json<CertList>, ApiError> {
+    let list = cs.store.unassign(&t).map_err(api_error)?;
+    reload(&cs)?;
+    Ok(Json(list))
+}
+
+async fn local_delete(
+    State(cs): State<CertsShared>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CertDeleteRequest>,
+) -> Result<StatusCode, ApiError> {
+    cs.store
+        .delete(&id, req.replacement.as_deref())
+        .map_err(api_error)?;
+    reload(&cs)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The certificate routes of the console's local socket (for keelctl).
+pub fn local_router(cs: CertsShared) -> Router {
+    Router::new()
+        .route("/certs", get(local_list))
+        .route("/certs/import", post(local_import))
+        .route("/certs/self-signed", post(local_self_signed))
+        .route("/certs/csr", post(local_csr))
+        .route("/certs/unassign", post(local_unassign))
+        .route("/certs/{id}/answer", post(local_answer))
+        .route("/certs/{id}/export", post(local_export))
+        .route("/certs/{id}/check", post(local_check))
+        .route("/certs/{id}/assign", post(local_assign))
+        .route("/certs/{id}/delete", post(local_delete))
+        .layer(DefaultBodyLimit::max(IMPORT_MAX_BODY))
+        .with_state(cs)
+}

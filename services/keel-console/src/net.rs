@@ -1,0 +1,571 @@
+//! Networking: `/appliance/api/v1/net/...` and the *Networking › IP configuration*
+//! page. keel-netd (CAP_NET_ADMIN) validates and applies; the console forwards.
+//!
+//! Commit-confirm: a change is applied at once and reverted unless confirmed in the
+//! window. netd accepts the confirmation only from the front end that made the
+//! change (`owner`); for the console that is any logged-in session, not the very
+//! session: a browser moved to the new address has no cookie there (cookies are
+//! per host) and logs in again, and confirming from there is the proof that the
+//! new address works.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_api::{AddressMode, NetConfig, NetPending, NetState};
+use keel_core::local_api::{Client, LocalApiError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::app::{self, JsonBody, Shared};
+use crate::error::ApiError;
+
+/// Who netd records as the maker of console changes.
+pub const OWNER: &str = "console";
+
+static SOCKET: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Applying touches the kernel only (ms); listing links is one netlink dump.
+const CALL_LIMIT: Duration = Duration::from_secs(15);
+
+pub fn set_socket(path: PathBuf) {
+    *SOCKET.write().unwrap_or_else(|p| p.into_inner()) = Some(path);
+}
+
+fn client() -> Client {
+    let path = SOCKET
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| keel_core::paths::service_socket("netd"));
+    Client::new(path)
+}
+
+async fn call<B: Serialize, R: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> Result<R, ApiError> {
+    match tokio::time::timeout(CALL_LIMIT, client().call(method, path, body)).await {
+        // netd's refusals (400 naming the field, 422, 409, 403) pass through; the
+        // console's body is the configuration itself, so paths drop `config.`.
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(LocalApiError::Status { status, message })) => Err(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            message
+                .strip_prefix("config.")
+                .unwrap_or(&message)
+                .to_owned(),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("network service unavailable: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "network service unavailable: no answer from keel-netd",
+        )),
+    }
+}
+
+async fn propose(config: Value, confirm_seconds: Option<u64>) -> Result<NetPending, ApiError> {
+    let body = json!({"config": config, "owner": OWNER, "confirm_seconds": confirm_seconds});
+    call("PUT", "/config", Some(&body)).await
+}
+
+async fn api_state(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<NetState>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    call::<(), _>("GET", "/state", None).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    confirm_seconds: Option<u64>,
+}
+
+async fn api_put(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<PutQuery>,
+    JsonBody(config): JsonBody<Value>,
+) -> Result<(StatusCode, Json<NetPending>), ApiError> {
+    st.api_session_for_change(&headers)?;
+    let p = propose(config, q.confirm_seconds).await?;
+    Ok((StatusCode::ACCEPTED, Json(p)))
+}
+
+async fn api_pending(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Option<NetPending>>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    call::<(), _>("GET", "/pending", None).await.map(Json)
+}
+
+async fn api_confirm(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<NetState>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    call("POST", "/confirm", Some(&json!({"owner": OWNER})))
+        .await
+        .map(Json)
+}
+
+async fn api_cancel(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<NetState>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    call("POST", "/cancel", Some(&json!({"owner": OWNER})))
+        .await
+        .map(Json)
+}
+
+// ---- HTML -----------------------------------------------------------------------
+
+/// One interface row of the form.
+pub struct IfaceRow {
+    pub k: usize,
+    pub name: String,
+    pub mac: String,
+    pub enabled: bool,
+    pub dhcp: bool,
+    pub addresses: String,
+    pub mtu: String,
+    pub shared: String,
+    /// What the kernel has on it now.
+    pub live: String,
+}
+
+#[derive(Template)]
+#[template(path = "net_ip.html")]
+struct IpPage {
+    csrf: String,
+    error: Option<String>,
+    notice: Option<String>,
+    unavailable: Option<String>,
+    pending: Option<NetPending>,
+    rows: Vec<IfaceRow>,
+    hostname: String,
+    gateway4: String,
+    gateway6: String,
+    routes: String,
+    dns_servers: String,
+    dns_search: String,
+    ntp_servers: String,
+}
+
+fn render(status: StatusCode, page: IpPage) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+fn join<T: ToString>(v: &[T], sep: &str) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+fn page_from(csrf: String, s: &NetState) -> IpPage {
+    let c = &s.running;
+    let live = |name: &str| {
+        s.links
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    if l.up { "up" } else { "down" },
+                    l.addresses.join(" ")
+                )
+            })
+            .unwrap_or_else(|| "not present".into())
+    };
+    let mut rows: Vec<IfaceRow> = c
+        .interfaces
+        .iter()
+        .map(|i| IfaceRow {
+            k: 0,
+            name: i.name.clone(),
+            mac: i.mac.clone().unwrap_or_default(),
+            enabled: i.enabled,
+            dhcp: i.mode == AddressMode::Dhcp,
+            addresses: join(&i.addresses, "\n"),
+            mtu: i.mtu.map(|m| m.to_string()).unwrap_or_default(),
+            shared: i.shared_address.map(|a| a.to_string()).unwrap_or_default(),
+            live: live(&i.name),
+        })
+        .collect();
+    // Wired ports the configuration does not name yet (they get DHCP meanwhile).
+    for l in s.links.iter().filter(|l| l.wired) {
+        if !rows.iter().any(|r| r.name == l.name) {
+            rows.push(IfaceRow {
+                k: 0,
+                name: l.name.clone(),
+                mac: String::new(),
+                enabled: true,
+                dhcp: true,
+                addresses: String::new(),
+                mtu: String::new(),
+                shared: String::new(),
+                live: live(&l.name),
+            });
+        }
+    }
+    for (k, r) in rows.iter_mut().enumerate() {
+        r.k = k;
+    }
+    IpPage {
+        csrf,
+        error: None,
+        notice: None,
+        unavailable: None,
+        pending: s.pending.clone(),
+        rows,
+        hostname: c.hostname.clone(),
+        gateway4: c.gateway4.map(|g| g.to_string()).unwrap_or_default(),
+        gateway6: c.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+        routes: c
+            .routes
+            .iter()
+            .map(|r| {
+                let mut line = format!("{} via {}", r.destination, r.gateway);
+                if let Some(i) = &r.interface {
+                    line.push_str(&format!(" dev {i}"));
+                }
+                if let Some(m) = r.metric {
+                    line.push_str(&format!(" metric {m}"));
+                }
+                line
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        dns_servers: join(&c.dns.servers, " "),
+        dns_search: c.dns.search.join(" "),
+        ntp_servers: c.ntp_servers.join("\n"),
+    }
+}
+
+fn empty_page(csrf: String, why: String) -> IpPage {
+    let mut p = page_from(
+        csrf,
+        &NetState {
+            running: NetConfig::default(),
+            confirmed: NetConfig::default(),
+            source: String::new(),
+            pending: None,
+            links: Vec::new(),
+        },
+    );
+    p.unavailable = Some(why);
+    p
+}
+
+async fn ip_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    let Some((_, session)) = st.session(&headers) else {
+        return Redirect::to("/appliance/").into_response();
+    };
+    match call::<(), NetState>("GET", "/state", None).await {
+        Ok(s) => render(StatusCode::OK, page_from(session.csrf_token, &s)),
+        Err(e) => render(StatusCode::OK, empty_page(session.csrf_token, e.message)),
+    }
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `DEST via GATEWAY [dev IFACE] [metric N]` per line.
+fn parse_routes(text: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.is_empty() {
+            continue;
+        }
+        let bad = || {
+            format!(
+                "static routes, line {}: {:?} is not \"DESTINATION via GATEWAY [dev INTERFACE] [metric N]\"",
+                n + 1,
+                line.trim()
+            )
+        };
+        if w.len() < 3 || w[1] != "via" {
+            return Err(bad());
+        }
+        let mut r = json!({"destination": w[0], "gateway": w[2]});
+        let mut rest = w[3..].chunks(2);
+        for pair in rest.by_ref() {
+            match pair {
+                ["dev", i] => r["interface"] = json!(i),
+                ["metric", m] => r["metric"] = json!(m.parse::<u32>().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The configuration a submitted form describes, as JSON for netd to check.
+fn config_from_form(f: &HashMap<String, String>) -> Result<Value, String> {
+    let get = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let mut interfaces = Vec::new();
+    for k in 0..64 {
+        let name = get(&format!("if{k}_name"));
+        if name.is_empty() {
+            break;
+        }
+        let mut i = json!({
+            "name": name,
+            "enabled": f.contains_key(&format!("if{k}_enabled")),
+            "mode": if get(&format!("if{k}_mode")) == "static" { "static" } else { "dhcp" },
+            "addresses": words(&get(&format!("if{k}_addresses"))),
+        });
+        let mac = get(&format!("if{k}_mac"));
+        if !mac.is_empty() {
+            i["mac"] = json!(mac);
+        }
+        let mtu = get(&format!("if{k}_mtu"));
+        if !mtu.is_empty() {
+            let m: u32 = mtu
+                .parse()
+                .map_err(|_| format!("{name}: MTU {mtu:?} is not a number"))?;
+            i["mtu"] = json!(m);
+        }
+        let shared = get(&format!("if{k}_shared"));
+        if !shared.is_empty() {
+            i["shared_address"] = json!(shared);
+        }
+        interfaces.push(i);
+    }
+    let opt = |k: &str| {
+        let v = get(k);
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(v)
+        }
+    };
+    Ok(json!({
+        "interfaces": interfaces,
+        "gateway4": opt("gateway4"),
+        "gateway6": opt("gateway6"),
+        "routes": parse_routes(&get("routes"))?,
+        "dns": {"servers": words(&get("dns_servers")), "search": words(&get("dns_search"))},
+        "hostname": get("hostname"),
+        "ntp_servers": words(&get("ntp_servers")),
+    }))
+}
+
+/// The form as submitted, for showing it again beside an error.
+fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> IpPage {
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    for k in 0..64 {
+        let name = get(&format!("if{k}_name"));
+        if name.is_empty() {
+            break;
+        }
+        rows.push(IfaceRow {
+            k,
+            name,
+            mac: get(&format!("if{k}_mac")),
+            enabled: f.contains_key(&format!("if{k}_enabled")),
+            dhcp: get(&format!("if{k}_mode")) != "static",
+            addresses: get(&format!("if{k}_addresses")),
+            mtu: get(&format!("if{k}_mtu")),
+            shared: get(&format!("if{k}_shared")),
+            live: String::new(),
+        });
+    }
+    IpPage {
+        csrf,
+        error: Some(error),
+        notice: None,
+        unavailable: None,
+        pending: None,
+        rows,
+        hostname: get("hostname"),
+        gateway4: get("gateway4"),
+        gateway6: get("gateway6"),
+        routes: get("routes"),
+        dns_servers: get("dns_servers"),
+        dns_search: get("dns_search"),
+        ntp_servers: get("ntp_servers"),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message {
+    heading: String,
+    text: String,
+    error: Option<String>,
+}
+
+/// The session's CSRF token if the form's matches, else the page to answer with.
+fn form_check(
+    st: &app::AppState,
+    headers: &HeaderMap,
+    f: &HashMap<String, String>,
+) -> Result<String, Box<Response>> {
+    let Some((_, session)) = st.session(headers) else {
+        return Err(Box::new(Redirect::to("/appliance/").into_response()));
+    };
+    let presented = f.get("csrf").map(String::as_str).unwrap_or("");
+    if !session.csrf_matches(presented) || !app::same_origin(headers) {
+        let page = Message {
+            heading: "Request refused".into(),
+            text: "The form expired or came from another site; nothing was changed.".into(),
+            error: None,
+        };
+        return Err(Box::new(match page.render() {
+            Ok(html) => (StatusCode::FORBIDDEN, Html(html)).into_response(),
+            Err(e) => ApiError::internal(e).into_response(),
+        }));
+    }
+    Ok(session.csrf_token)
+}
+
+async fn ip_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = match form_check(&st, &headers, &f) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let config = match config_from_form(&f) {
+        Ok(c) => c,
+        Err(msg) => {
+            return render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                page_from_form(csrf, &f, msg),
+            )
+        }
+    };
+    match propose(config, None).await {
+        Ok(_) => Redirect::to("/appliance/network/ip").into_response(),
+        Err(e) => render(e.status, page_from_form(csrf, &f, e.message)),
+    }
+}
+
+async fn decide(
+    st: Shared,
+    headers: HeaderMap,
+    f: HashMap<String, String>,
+    verb: &str,
+) -> Response {
+    let csrf = match form_check(&st, &headers, &f) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    let result =
+        call::<_, NetState>("POST", &format!("/{verb}"), Some(&json!({"owner": OWNER}))).await;
+    match result {
+        Ok(s) => {
+            let mut p = page_from(csrf, &s);
+            p.notice = Some(if verb == "confirm" {
+                "The change is confirmed and saved.".into()
+            } else {
+                "The previous configuration is back.".into()
+            });
+            render(StatusCode::OK, p)
+        }
+        Err(e) => match call::<(), NetState>("GET", "/state", None).await {
+            Ok(s) => {
+                let mut p = page_from(csrf, &s);
+                p.error = Some(e.message);
+                render(e.status, p)
+            }
+            Err(_) => render(e.status, empty_page(csrf, e.message)),
+        },
+    }
+}
+
+async fn confirm_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    decide(st, headers, f, "confirm").await
+}
+
+async fn cancel_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    decide(st, headers, f, "cancel").await
+}
+
+/// The networking routes, full paths (merged into the console's router).
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/appliance/api/v1/net/config", get(api_state).put(api_put))
+        .route("/appliance/api/v1/net/pending", get(api_pending))
+        .route("/appliance/api/v1/net/confirm", post(api_confirm))
+        .route("/appliance/api/v1/net/cancel", post(api_cancel))
+        .route("/appliance/network/ip", get(ip_page).post(ip_submit))
+        .route("/appliance/network/confirm", post(confirm_submit))
+        .route("/appliance/network/cancel", post(cancel_submit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_becomes_config() {
+        let f: HashMap<String, String> = [
+            ("if0_name", "eth0"),
+            ("if0_enabled", "on"),
+            ("if0_mode", "static"),
+            ("if0_addresses", "192.0.2.10/24\r\n2001:db8::10/64"),
+            ("if0_mtu", "1400"),
+            ("if1_name", "eth1"),
+            ("if1_mode", "dhcp"),
+            ("gateway4", "192.0.2.1"),
+            ("routes", "10.20.0.0/16 via 192.0.2.254 dev eth0 metric 5\n"),
+            ("dns_servers", "192.0.2.53, 192.0.2.54"),
+            ("hostname", "edge"),
+            ("ntp_servers", "ntp1.example.org\nntp2.example.org"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let v = config_from_form(&f).unwrap();
+        let c: NetConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.interfaces.len(), 2);
+        assert_eq!(c.interfaces[0].addresses.len(), 2);
+        assert_eq!(c.interfaces[0].mtu, Some(1400));
+        assert!(!c.interfaces[1].enabled);
+        assert_eq!(c.routes[0].metric, Some(5));
+        assert_eq!(c.routes[0].interface.as_deref(), Some("eth0"));
+        assert_eq!(c.dns.servers.len(), 2);
+        assert_eq!(c.ntp_servers.len(), 2);
+        assert!(parse_routes("10.0.0.0/8 to 1.2.3.4")
+            .unwrap_err()
+            .contains("line 1"));
+    }
+}

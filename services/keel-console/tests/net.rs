@@ -1,0 +1,329 @@
+//! *Networking › IP configuration* end to end: HTTPS console → the real keel-netd
+//! (in this process) → the kernel of a network namespace made for the test, checked
+//! with `ip -j`. Needs root; elsewhere it says so and passes.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_certs::pinning::FingerprintVerifier;
+use keel_console::{app, auth, tls};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The test's namespace; removed on drop, also when an assertion fails.
+struct Ns(String);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn addresses(ns: &str, dev: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(&ip(ns, &["-j", "addr", "show", "dev", dev])).unwrap();
+    v[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| !a["local"].as_str().unwrap_or("").starts_with("fe80:"))
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn ip_configuration_through_the_console() {
+    if !nix::unistd::geteuid().is_root() || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: needs root and iproute2 for a network namespace");
+        return;
+    }
+    let ns = Ns(format!("keel-console-net-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
+    ip(
+        &ns.0,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ],
+    );
+    ip(&ns.0, &["link", "set", "peer0", "up"]);
+
+    // keel-netd, confirmed configuration 10.0.0.2/24, 2 s windows.
+    let dir = tempfile::tempdir().unwrap();
+    let net_dir = dir.path().join("data/net");
+    std::fs::create_dir_all(&net_dir).unwrap();
+    std::fs::write(
+        net_dir.join("config.json"),
+        json!({"interfaces": [{"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/24"]}]})
+            .to_string(),
+    )
+    .unwrap();
+    let mut settings =
+        keel_netd::service::Settings::new(&dir.path().join("data"), &dir.path().join("run"));
+    settings.window = Duration::from_secs(2);
+    let kernel =
+        keel_netd::kernel::Kernel::connect_in(&std::path::Path::new("/run/netns").join(&ns.0))
+            .unwrap();
+    let netd = keel_netd::service::Netd::start(settings, kernel)
+        .await
+        .unwrap();
+    let sock = dir.path().join("run/netd.sock");
+    let listener = keel_core::local_api::bind(&sock, 0o600).unwrap();
+    tokio::spawn(keel_core::local_api::serve(
+        listener,
+        keel_netd::api::router(netd),
+    ));
+    keel_console::net::set_socket(sock);
+    assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.2/24"]);
+
+    // The console.
+    let console_dir = dir.path().join("console");
+    let (identity, _) = keel_certs::DefaultIdentity::new(console_dir.join("tls"))
+        .load_or_create("keel-test", &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let cert = keel_certs::info(&identity.cert_pem).unwrap();
+    let resolver = Arc::new(tls::CertResolver::new(
+        keel_certs::certified_key(&identity).unwrap(),
+    ));
+    let config = Arc::new(tls::server_config(resolver).unwrap());
+    let state = Arc::new(app::AppState {
+        auth: auth::Auth::open(&console_dir).unwrap(),
+        cert,
+        requests_dir: dir.path().join("requests"),
+        data_mount: dir.path().to_path_buf(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(tls::serve_https(listener, config, app::router(state)));
+    let url = |p: &str| format!("{base}{p}");
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(FingerprintVerifier::record_any().client_config())
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let api = url("/appliance/api/v1/net/config");
+    assert_eq!(
+        http.get(&api).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let code = std::fs::read_to_string(console_dir.join("setup-code")).unwrap();
+    let body: Value = http
+        .post(url("/appliance/api/v1/setup"))
+        .json(&json!({"setup_code": code, "password": "a good password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+
+    let st: Value = http.get(&api).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        st["running"]["interfaces"][0]["addresses"][0],
+        "10.0.0.2/24"
+    );
+    assert_eq!(st["source"], "file");
+
+    // Bad input: 4xx naming the field, nothing changed.
+    let put = |body: Value| {
+        http.put(&api)
+            .header("x-csrf-token", &csrf)
+            .json(&body)
+            .send()
+    };
+    let one = |addr: &str| json!({"interfaces": [{"name": "eth0", "mode": "static", "addresses": [addr]}]});
+    assert_eq!(
+        http.put(&api)
+            .json(&one("10.0.0.3/24"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN,
+        "no CSRF header"
+    );
+    let resp = put(one("10.0.0.3/40")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let e: Value = resp.json().await.unwrap();
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("interfaces[0].addresses[0]: "),
+        "{e}"
+    );
+    let resp = put(json!({"interfaces": [{"name": "wlan9", "mode": "dhcp"}]}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let e: Value = resp.json().await.unwrap();
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown interface \"wlan9\""),
+        "{e}"
+    );
+    let resp = put(json!({"hostname": "x".repeat(70_000)})).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.2/24"]);
+
+    // A change that is not confirmed comes back by itself.
+    let resp = put(one("10.0.0.3/24")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let p: Value = resp.json().await.unwrap();
+    assert_eq!(p["owner"], "console");
+    assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.3/24"]);
+    let p: Value = http
+        .get(url("/appliance/api/v1/net/pending"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(p["seconds_left"].as_u64().unwrap() <= 2, "{p}");
+    let t0 = Instant::now();
+    while addresses(&ns.0, "eth0") != ["10.0.0.2/24"] {
+        assert!(t0.elapsed() < Duration::from_secs(5), "not reverted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Confirmed: stays, saved.
+    assert_eq!(
+        put(one("10.0.0.4/24")).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let resp = http
+        .post(url("/appliance/api/v1/net/confirm"))
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.4/24"]);
+    let saved = std::fs::read_to_string(net_dir.join("config.json")).unwrap();
+    assert!(saved.contains("10.0.0.4/24"), "{saved}");
+
+    // The HTML page and its form.
+    let page = http
+        .get(url("/appliance/network/ip"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Networking › IP configuration"), "{page}");
+    assert!(page.contains("name=\"if0_name\" value=\"eth0\""), "{page}");
+    let form_csrf = csrf_of(&page);
+    let form = [
+        ("csrf", form_csrf.as_str()),
+        ("if0_name", "eth0"),
+        ("if0_mac", ""),
+        ("if0_enabled", "on"),
+        ("if0_mode", "static"),
+        ("if0_addresses", "10.0.0.9/24\r\n2001:db8::9/64"),
+        ("if0_mtu", "1400"),
+        ("if0_shared", ""),
+        ("gateway4", "10.0.0.1"),
+        ("gateway6", ""),
+        ("routes", "10.50.0.0/16 via 10.0.0.254"),
+        ("dns_servers", "10.0.0.53"),
+        ("dns_search", "example.org"),
+        ("hostname", "edge-9"),
+        ("ntp_servers", "ntp.example.org"),
+    ];
+    let resp = http
+        .post(url("/appliance/network/ip"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let mut live = addresses(&ns.0, "eth0");
+    live.sort();
+    assert_eq!(live, ["10.0.0.9/24", "2001:db8::9/64"]);
+    let page = http
+        .get(url("/appliance/network/ip"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Change waiting for confirmation"), "{page}");
+    // A bad form comes back with the message and the input kept.
+    let mut bad = form.to_vec();
+    bad[13] = ("hostname", "edge 9");
+    let resp = http
+        .post(url("/appliance/network/ip"))
+        .form(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CONFLICT,
+        "a change is already pending"
+    );
+    let resp = http
+        .post(url("/appliance/network/cancel"))
+        .form(&[("csrf", form_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("The previous configuration is back."));
+    assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.4/24"]);
+    let resp = http
+        .post(url("/appliance/network/ip"))
+        .form(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("hostname: &quot;edge 9&quot; is not a valid host name")
+            || text.contains("hostname: \"edge 9\""),
+        "{text}"
+    );
+    assert!(text.contains("10.50.0.0/16 via 10.0.0.254"), "input kept");
+}

@@ -1,0 +1,489 @@
+//! The kernel side: links, addresses and routes over rtnetlink, in whatever network
+//! namespace the socket was opened in.
+//!
+//! Applying is a sync, not a replay: netd reads what the kernel has and changes only
+//! the difference, so applying the same plan twice does nothing the second time, and
+//! a periodic re-apply repairs links that appeared late or were changed by hand.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::TryStreamExt;
+use ipnetwork::IpNetwork;
+use keel_api::NetLink;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::link::{
+    LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::plan::{KernelPlan, LinkPlan, RoutePlan};
+
+/// Route protocol number that marks netd's routes (`ip route` shows `proto 77`):
+/// netd removes stale routes of its own and never touches anyone else's.
+pub const KEEL_PROTO: u8 = 77;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("interface {0} does not exist")]
+    NoSuchLink(String),
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Netlink { what, source }
+}
+
+/// A route-netlink connection.
+#[derive(Clone)]
+pub struct Kernel {
+    handle: Handle,
+    /// Write `/proc/sys/net` knobs (off where the caller's `/proc` is another namespace's).
+    sysctl: bool,
+}
+
+#[derive(Debug, Clone)]
+struct KernelAddress {
+    net: IpNetwork,
+    msg: AddressMessage,
+}
+
+impl Kernel {
+    /// Opens a connection in the calling thread's network namespace; its I/O task
+    /// runs on the current tokio runtime.
+    pub fn connect() -> Result<Self, KernelError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self {
+            handle,
+            sysctl: true,
+        })
+    }
+
+    /// Opens a connection in the network namespace at `netns` from any thread: the
+    /// socket is made on a short-lived thread that entered the namespace (a socket
+    /// keeps the namespace it was made in). `/proc/sys/net` is left alone, since
+    /// this process's view of it is another namespace's.
+    pub fn connect_in(netns: &std::path::Path) -> Result<Self, KernelError> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let path = netns.to_path_buf();
+        let fd = std::thread::spawn(move || -> std::io::Result<std::os::fd::OwnedFd> {
+            crate::netns::enter(&path)?;
+            let socket = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+            // SAFETY: the fd was just taken out of the socket, which no longer owns it.
+            Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(socket.into_raw_fd()) })
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("namespace thread panicked"))??;
+        // SAFETY: `fd` is an open netlink socket owned by nobody else from here on.
+        let socket = unsafe { rtnetlink::sys::TokioSocket::from_raw_fd(fd.into_raw_fd()) };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        tokio::spawn(conn);
+        Ok(Self {
+            handle,
+            sysctl: false,
+        })
+    }
+
+    /// Every link with its addresses, sorted by index.
+    pub async fn links(&self) -> Result<Vec<NetLink>, KernelError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing links"))?;
+        let addrs = self.addresses(None).await?;
+        let mut out: Vec<NetLink> = msgs
+            .iter()
+            .map(|m| {
+                let mut name = String::new();
+                let mut mac = String::new();
+                let mut mtu = 0;
+                let mut kind = None;
+                for a in &m.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = n.clone(),
+                        LinkAttribute::Address(b) => {
+                            mac = b
+                                .iter()
+                                .map(|x| format!("{x:02x}"))
+                                .collect::<Vec<_>>()
+                                .join(":")
+                        }
+                        LinkAttribute::Mtu(v) => mtu = *v,
+                        LinkAttribute::LinkInfo(infos) => {
+                            for i in infos {
+                                if let LinkInfo::Kind(k) = i {
+                                    kind = Some(k.to_string());
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let ether = m.header.link_layer_type == LinkLayerType::Ether;
+                // Hardware ports have no link kind; test namespaces name veths eth*.
+                let wired =
+                    ether && (kind.is_none() || name.starts_with("eth") || name.starts_with("en"));
+                NetLink {
+                    index: m.header.index,
+                    up: m.header.flags.contains(LinkFlags::Up),
+                    addresses: addrs
+                        .iter()
+                        .filter(|a| a.msg.header.index == m.header.index)
+                        .map(|a| a.net.to_string())
+                        .collect(),
+                    name,
+                    mac,
+                    kind,
+                    wired,
+                    mtu,
+                }
+            })
+            .collect();
+        out.sort_by_key(|l| l.index);
+        Ok(out)
+    }
+
+    async fn addresses(&self, index: Option<u32>) -> Result<Vec<KernelAddress>, KernelError> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<AddressMessage> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing addresses"))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|msg| {
+                // IPv4 puts the local address in IFA_LOCAL (IFA_ADDRESS is the peer).
+                let local = msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                });
+                let ip = local.or(addr)?;
+                let net = IpNetwork::new(ip, msg.header.prefix_len).ok()?;
+                Some(KernelAddress { net, msg })
+            })
+            .collect())
+    }
+
+    fn index_of(links: &HashMap<String, u32>, name: &str) -> Result<u32, KernelError> {
+        links
+            .get(name)
+            .copied()
+            .ok_or_else(|| KernelError::NoSuchLink(name.to_owned()))
+    }
+
+    async fn link_indexes(&self) -> Result<HashMap<String, u32>, KernelError> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.index))
+            .collect())
+    }
+
+    /// Brings the kernel to `plan`. Goes on past a missing link (it may appear later:
+    /// the periodic re-apply picks it up) and reports the first error at the end.
+    pub async fn apply(&self, plan: &KernelPlan) -> Result<(), KernelError> {
+        let links = self.link_indexes().await?;
+        let mut first_err: Option<KernelError> = None;
+        let mut note = |r: Result<(), KernelError>| {
+            if let Err(e) = r {
+                tracing::warn!("apply: {e}");
+                first_err.get_or_insert(e);
+            }
+        };
+
+        // Stale routes first: a route through an address about to go would block nothing,
+        // but one through a released link must not outlive netd's claim on it.
+        let wanted: Vec<(RoutePlan, u32)> = plan
+            .routes
+            .iter()
+            .filter_map(|r| links.get(&r.link).map(|i| (r.clone(), *i)))
+            .collect();
+        note(self.remove_stale_routes(&wanted).await);
+
+        for (name, addrs) in &plan.released {
+            if let Some(&index) = links.get(name) {
+                note(self.release(index, addrs).await);
+            }
+        }
+        for l in &plan.links {
+            let r = match Self::index_of(&links, &l.name) {
+                Ok(index) => self.apply_link(index, l).await,
+                Err(e) => Err(e),
+            };
+            note(r);
+        }
+        for (r, index) in &wanted {
+            note(self.add_route(r, *index).await);
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn release(&self, index: u32, addrs: &[IpNetwork]) -> Result<(), KernelError> {
+        for a in self.addresses(Some(index)).await? {
+            if addrs
+                .iter()
+                .any(|x| x.ip() == a.net.ip() && x.prefix() == a.net.prefix())
+            {
+                self.handle
+                    .address()
+                    .del(a.msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("removing {}", a.net)))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_link(&self, index: u32, l: &LinkPlan) -> Result<(), KernelError> {
+        let current = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl(format!("reading {}", l.name)))?;
+        let (up, mtu) = current
+            .map(|m| {
+                let mtu = m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(v) => Some(*v),
+                    _ => None,
+                });
+                (m.header.flags.contains(LinkFlags::Up), mtu)
+            })
+            .unwrap_or((false, None));
+        if l.enabled {
+            // No router advertisements on a static interface: its addresses are the list.
+            self.sysctl_v6(&l.name, "accept_ra", "0");
+        }
+        if let Some(want) = l.mtu.filter(|m| Some(*m) != mtu) {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).mtu(want).build())
+                .execute()
+                .await
+                .map_err(nl(format!("setting MTU {want} on {}", l.name)))?;
+        }
+
+        let present = self.addresses(Some(index)).await?;
+        let want: &[IpNetwork] = if l.enabled { &l.addresses } else { &[] };
+        for a in &present {
+            let ip = a.net.ip();
+            let is_ll6 = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+            if is_ll6 || l.keep.contains(&ip) {
+                continue;
+            }
+            if !want
+                .iter()
+                .any(|w| w.ip() == ip && w.prefix() == a.net.prefix())
+            {
+                self.handle
+                    .address()
+                    .del(a.msg.clone())
+                    .execute()
+                    .await
+                    .map_err(nl(format!("removing {} from {}", a.net, l.name)))?;
+            }
+        }
+        for w in want {
+            if present
+                .iter()
+                .any(|a| a.net.ip() == w.ip() && a.net.prefix() == w.prefix())
+            {
+                continue;
+            }
+            let mut req = self.handle.address().add(index, w.ip(), w.prefix());
+            if w.is_ipv6() {
+                // Usable at once: no 1–2 s of duplicate detection before the console
+                // can answer from it (commit-confirm needs the new address live).
+                let m = req.message_mut();
+                m.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            req.execute()
+                .await
+                .map_err(nl(format!("adding {w} to {}", l.name)))?;
+        }
+
+        if l.enabled != up {
+            let msg = if l.enabled {
+                LinkUnspec::new_with_index(index).up().build()
+            } else {
+                LinkUnspec::new_with_index(index).down().build()
+            };
+            self.handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(nl(format!("setting {} up/down", l.name)))?;
+        }
+        Ok(())
+    }
+
+    fn sysctl_v6(&self, link: &str, key: &str, value: &str) {
+        if !self.sysctl {
+            return;
+        }
+        let path = format!("/proc/sys/net/ipv6/conf/{link}/{key}");
+        if let Err(e) = std::fs::write(&path, value) {
+            // IPv6 may be disabled; the addresses still apply.
+            tracing::debug!("{path}: {e}");
+        }
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteMessage>, KernelError> {
+        let mut all = Vec::new();
+        for msg in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut v: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(msg)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl("listing routes"))?;
+            all.append(&mut v);
+        }
+        Ok(all)
+    }
+
+    async fn remove_stale_routes(&self, wanted: &[(RoutePlan, u32)]) -> Result<(), KernelError> {
+        for r in self.routes().await? {
+            if r.header.protocol != RouteProtocol::Other(KEEL_PROTO) {
+                continue;
+            }
+            if wanted.iter().any(|(w, i)| route_matches(&r, w, *i)) {
+                continue;
+            }
+            self.handle
+                .route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl("removing a stale route"))?;
+        }
+        Ok(())
+    }
+
+    async fn add_route(&self, r: &RoutePlan, index: u32) -> Result<(), KernelError> {
+        if self.routes().await?.iter().any(|k| {
+            k.header.protocol == RouteProtocol::Other(KEEL_PROTO) && route_matches(k, r, index)
+        }) {
+            return Ok(());
+        }
+        let msg = match (r.destination, r.gateway) {
+            (IpNetwork::V4(d), IpAddr::V4(g)) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d.network(), d.prefix())
+                    .gateway(g)
+                    .output_interface(index)
+                    .protocol(RouteProtocol::Other(KEEL_PROTO));
+                if let Some(m) = r.metric {
+                    b = b.priority(m);
+                }
+                b.build()
+            }
+            (IpNetwork::V6(d), IpAddr::V6(g)) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d.network(), d.prefix())
+                    .gateway(g)
+                    .output_interface(index)
+                    .protocol(RouteProtocol::Other(KEEL_PROTO));
+                if let Some(m) = r.metric {
+                    b = b.priority(m);
+                }
+                b.build()
+            }
+            _ => return Ok(()), // validation refuses mixed families
+        };
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "adding route to {} via {}",
+                r.destination, r.gateway
+            )))
+    }
+}
+
+/// Does kernel route `k` say what `w` (out of link `index`) says?
+fn route_matches(k: &RouteMessage, w: &RoutePlan, index: u32) -> bool {
+    let fam = if w.destination.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    if k.header.address_family != fam
+        || k.header.destination_prefix_length != w.destination.prefix()
+    {
+        return false;
+    }
+    let mut dst = None;
+    let mut gw = None;
+    let mut oif = None;
+    let mut prio = None;
+    for a in &k.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(x)) => dst = Some(IpAddr::V4(*x)),
+            RouteAttribute::Destination(RouteAddress::Inet6(x)) => dst = Some(IpAddr::V6(*x)),
+            RouteAttribute::Gateway(RouteAddress::Inet(x)) => gw = Some(IpAddr::V4(*x)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(x)) => gw = Some(IpAddr::V6(*x)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => prio = Some(*p),
+            _ => {}
+        }
+    }
+    let want_dst = if w.destination.prefix() == 0 {
+        None
+    } else {
+        Some(w.destination.network())
+    };
+    // The kernel gives IPv6 routes without a metric 1024, IPv4 ones 0.
+    let default_metric = if w.destination.is_ipv4() { 0 } else { 1024 };
+    let dst_ok = match (dst, want_dst) {
+        (None, None) => true,
+        (Some(d), None) => d.is_unspecified(),
+        (Some(d), Some(wd)) => d == wd,
+        (None, Some(_)) => false,
+    };
+    dst_ok
+        && gw == Some(w.gateway)
+        && oif == Some(index)
+        && prio.unwrap_or(default_metric) == w.metric.unwrap_or(default_metric)
+}

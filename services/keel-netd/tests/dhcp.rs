@@ -1,0 +1,209 @@
+//! DHCP as on the appliance: netd renders the `.network` file, the real
+//! systemd-networkd (Debian's, as in the image) runs in the appliance's namespace
+//! and gets a lease from a real dnsmasq in a second namespace. Then a static change
+//! takes the link over and, unconfirmed, hands it back to DHCP.
+//!
+//! Skipped (with the reason printed) without root, dnsmasq or systemd-networkd.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Netns;
+use keel_netd::kernel::Kernel;
+use keel_netd::service::{Netd, Settings};
+
+const NETWORKD: &str = "/lib/systemd/systemd-networkd";
+
+/// Kills the process on drop (before the namespaces go).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dnsmasq(ns: &Netns, dir: &Path) -> Proc {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "dnsmasq",
+            "--no-daemon",
+            "--port=0",
+        ])
+        .args([
+            "--interface=srv0",
+            "--bind-interfaces",
+            "--conf-file=/dev/null",
+            "-u",
+            "root",
+        ])
+        .arg("--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,1h")
+        .arg("--dhcp-option=option:router,10.77.0.1")
+        .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq");
+    Proc(child)
+}
+
+/// networkd in `ns`, in a mount namespace of its own where `/run/systemd/network`
+/// is netd's rendered directory and the host's own files (and /run) are out of sight. /sys is
+/// read-only there, so networkd does not wait for a udev that does not run.
+fn networkd(ns: &Netns, rendered: &Path) -> Proc {
+    let script = format!(
+        "mount --make-rprivate / && mount -o remount,ro /sys && \
+         mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/network && \
+         mount --bind {} /run/systemd/network && mount -t tmpfs tmpfs /etc/systemd/network && \
+         exec {NETWORKD}",
+        rendered.display()
+    );
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "unshare", "-m", "sh", "-c", &script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-networkd");
+    Proc(child)
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
+    need_netns!();
+    for (tool, why) in [("dnsmasq", "dnsmasq"), ("unshare", "util-linux unshare")] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED: no {why}: DHCP test skipped");
+            return;
+        }
+    }
+    if !Path::new(NETWORKD).exists() {
+        eprintln!("SKIPPED: no {NETWORKD}: DHCP test skipped");
+        return;
+    }
+    let app = Netns::new("dhcp-app");
+    let srv = Netns::new("dhcp-srv");
+    app.veth("eth0", "srv0", Some(&srv));
+    srv.ip(&["addr", "add", "10.77.0.1/24", "dev", "srv0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let _dnsmasq = dnsmasq(&srv, dir.path());
+
+    // Factory default: netd renders DHCP + the fixed fallback for eth0.
+    let rendered = dir.path().join("network");
+    std::fs::create_dir_all(&rendered).unwrap();
+    let mut s = Settings::new(&dir.path().join("data"), &dir.path().join("run"));
+    s.files.networkd_dir = Some(rendered.clone());
+    let path = app.path();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (back, done) = std::sync::mpsc::channel::<()>();
+    let netd_thread = std::thread::spawn(move || {
+        keel_netd::netns::run_in(&path, move || async move {
+            let netd = Netd::start(s, Kernel::connect().unwrap()).await.unwrap();
+            back.send(()).unwrap();
+            // Steps driven by the test thread, which restarts networkd in between
+            // (on the image keel-netd-reload.service does that).
+            while let Some(step) = rx.recv().await {
+                match step {
+                    "static" => {
+                        let mut c = netd.state().await.unwrap().running;
+                        c.interfaces[0].mode = keel_api::AddressMode::Static;
+                        c.interfaces[0].addresses = vec!["10.77.0.200/24".parse().unwrap()];
+                        c.gateway4 = Some("10.77.0.1".parse().unwrap());
+                        netd.propose(keel_api::NetChangeRequest {
+                            config: c,
+                            owner: "test".into(),
+                            confirm_seconds: Some(2),
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    "wait-revert" => {
+                        while netd.pending().await.is_some() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    _ => break,
+                }
+                back.send(()).unwrap();
+            }
+        })
+        .unwrap();
+    });
+    done.recv().unwrap();
+    let f = std::fs::read_to_string(rendered.join("10-keel-netd-eth0.network")).unwrap();
+    assert!(
+        f.contains("DHCP=yes") && f.contains("Address=169.254.1.1/16"),
+        "{f}"
+    );
+
+    let lease = |a: &Vec<String>| {
+        a.iter()
+            .any(|x| x.starts_with("10.77.0.5") || x.starts_with("10.77.0.60"))
+    };
+    let mut nd = networkd(&app, &rendered);
+    // The lease, and the fixed fallback beside it.
+    wait_for(
+        "a DHCP lease and the fallback",
+        Duration::from_secs(20),
+        || {
+            let a = app.addresses("eth0");
+            lease(&a) && a.contains(&"169.254.1.1/16".to_string())
+        },
+    );
+    assert!(
+        app.routes(false)
+            .iter()
+            .any(|r| r == "default via 10.77.0.1 dev eth0 proto dhcp"),
+        "{:?}",
+        app.routes(false)
+    );
+
+    // Static: netd takes eth0 over (networkd is told Unmanaged=yes and restarted).
+    tx.send("static").unwrap();
+    done.recv().unwrap();
+    drop(nd);
+    nd = networkd(&app, &rendered);
+    assert_eq!(app.addresses("eth0"), ["10.77.0.200/24"]);
+    assert!(app
+        .routes(false)
+        .iter()
+        .any(|r| r == "default via 10.77.0.1 dev eth0 proto 77"));
+
+    // Not confirmed: back to DHCP.
+    tx.send("wait-revert").unwrap();
+    done.recv().unwrap();
+    let f = std::fs::read_to_string(rendered.join("10-keel-netd-eth0.network")).unwrap();
+    assert!(f.contains("DHCP=yes"), "{f}");
+    assert!(!app
+        .addresses("eth0")
+        .contains(&"10.77.0.200/24".to_string()));
+    drop(nd);
+    let _nd = networkd(&app, &rendered);
+    wait_for("the lease again", Duration::from_secs(20), || {
+        lease(&app.addresses("eth0"))
+    });
+    assert!(
+        !app.routes(false).iter().any(|r| r.ends_with("proto 77")),
+        "{:?}",
+        app.routes(false)
+    );
+    tx.send("stop").unwrap();
+    netd_thread.join().unwrap();
+}
