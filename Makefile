@@ -34,6 +34,8 @@ test: lint test-unit test-qemu
 
 bench: image
 	scripts/bench.sh
+	scripts/bench-time.sh
+	scripts/bench-net.sh
 
 clean:
 	rm -rf build

@@ -518,6 +518,29 @@ pub async fn answer(resp: reqwest::Response) -> (u16, serde_json::Value) {
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// Sets the admin password with the setup code the VM's current run printed; returns
+/// the logged-in client, its CSRF token and the certificate served (DER).
+pub async fn set_up_admin(vm: &Vm, password: &str) -> Result<(reqwest::Client, String, Vec<u8>)> {
+    let code = vm
+        .setup_code()
+        .ok_or_else(|| anyhow!("{}: no setup code on the serial line", vm.name))?;
+    let (http, seen) = vm.client();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/setup"),
+        serde_json::json!({"setup_code": code, "password": password}),
+        None,
+    )
+    .await?;
+    if st != 200 {
+        bail!("{}: setup answered {st}: {body}", vm.name);
+    }
+    let der = seen
+        .seen_der()
+        .ok_or_else(|| anyhow!("no certificate seen"))?;
+    Ok((http, csrf_of(&body)?, der))
+}
+
 pub fn csrf_of(body: &serde_json::Value) -> Result<String> {
     body["csrf_token"]
         .as_str()
