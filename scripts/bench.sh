@@ -4,7 +4,8 @@
 #   - image sizes: raw (allocated, as du counts it), qcow2, root slot squashfs;
 #   - boot time, QEMU start -> first HTTPS answer of the console (Keel) vs
 #     QEMU start -> `login:` on the serial line (stock), booted alternately;
-#   - idle RSS of the keel processes after setup (from /status).
+#   - idle RSS of the keel processes after setup (from /status);
+#   - factory reset: API request -> console in setup mode again (Keel only).
 # Prints a table and writes build/bench.json. The work is done by the keel-bench
 # binary of qemu-tests/ (one VM at a time; each its own overlay disk and ports).
 #

@@ -7,6 +7,8 @@
 //! factory-fresh (first boot) and again after setup and a clean power-off.
 //! Boot time, stock Debian: QEMU start → `login:` on its serial line.
 //! The two are booted alternately, `--runs` times each, one VM at a time.
+//! Factory reset, Keel only (no peer does this): API request → console answering
+//! in setup mode again, beside Keel's own first boot.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -108,6 +110,9 @@ struct KeelRun {
     first: f64,
     /// The same, booting again after setup and a clean power-off through the API.
     second: f64,
+    /// Factory reset through the API: request → console answering again and
+    /// asking for setup (the wipe, a reboot, first-boot provisioning).
+    reset: f64,
     /// Keel processes from /status after setup and an idle period (when asked).
     processes: Option<Vec<Value>>,
 }
@@ -160,11 +165,56 @@ async fn boot_keel(image: &Path, idle: Option<Duration>) -> Result<KeelRun> {
     vm.wait_exit(POWEROFF_CEILING).await?;
     vm.boot()?;
     let second = vm.wait_https(BOOT_CEILING).await?.as_secs_f64();
+    let reset = factory_reset(&vm).await?;
     Ok(KeelRun {
         first,
         second,
+        reset,
         processes,
     })
+}
+
+/// Logs in, requests a factory reset and times it until the console answers again
+/// in setup mode. Fresh connections throughout: the reboot kills old ones.
+async fn factory_reset(vm: &Vm) -> Result<f64> {
+    let (http, _) = vm.client();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/login"),
+        json!({"username": "admin", "password": "bench password"}),
+        None,
+    )
+    .await?;
+    if st != 200 {
+        bail!("login answered {st}: {body}");
+    }
+    let csrf = csrf_of(&body)?;
+    let start = std::time::Instant::now();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/system/factory-reset"),
+        json!({"confirm": "RESET"}),
+        Some(&csrf),
+    )
+    .await?;
+    if st != 202 {
+        bail!("factory reset answered {st}: {body}");
+    }
+    let url = vm.url("/appliance/api/v1/setup");
+    loop {
+        if start.elapsed() > BOOT_CEILING {
+            bail!("console not back in setup mode within {BOOT_CEILING:?}");
+        }
+        let (probe, _) = vm.client();
+        if let Ok(Ok((200, body))) =
+            tokio::time::timeout(Duration::from_secs(2), json_get(&probe, &url)).await
+        {
+            if body["setup_required"] == true {
+                return Ok(start.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Boots the stock Debian once; seconds from QEMU start to `login:` on serial.
@@ -205,6 +255,7 @@ async fn main() -> Result<()> {
         o.runs
     );
     let (mut keel, mut keel_again, mut stock) = (Vec::new(), Vec::new(), Vec::new());
+    let mut resets = Vec::new();
     let mut processes = Vec::new();
     for run in 1..=o.runs {
         let idle = (run == 1).then_some(o.idle);
@@ -215,6 +266,11 @@ async fn main() -> Result<()> {
         );
         keel.push(k.first);
         keel_again.push(k.second);
+        eprintln!(
+            "  run {run}: factory reset, request -> setup mode again: {:.2} s",
+            k.reset
+        );
+        resets.push(k.reset);
         if let Some(p) = k.processes {
             processes = p;
         }
@@ -252,6 +308,13 @@ async fn main() -> Result<()> {
         median(&keel_again),
         median(&stock),
         ratio_again
+    );
+    println!(
+        "{:<48} {:>10.2} s   (first boot {:.2} s, ratio {:.2})",
+        "factory reset: request -> console in setup mode",
+        median(&resets),
+        median(&keel),
+        median(&resets) / median(&keel)
     );
     println!(
         "{:<48} {:>8.1} MiB {:>10.1} MiB {:>7.2}",
@@ -300,6 +363,7 @@ async fn main() -> Result<()> {
                 "stock_login_prompt": stats(&stock),
                 "ratio_of_medians": ratio,
                 "ratio_of_medians_second_boot": ratio_again,
+                "keel_factory_reset_to_setup_mode": stats(&resets),
             },
             "sizes_bytes": {
                 "raw_apparent": raw_len,
