@@ -6,7 +6,8 @@
 # sources file): no mirror is named in this repository.
 #
 # Environment (all optional):
-#   KEEL_BIN_DIR        where the release binaries are (default target/release)
+#   KEEL_BIN_DIR        where the release binaries are (default $CARGO_TARGET_DIR/release,
+#                       else target/release)
 #   KEEL_BUILD_DIR      output directory (default build)
 #   KEEL_OVERLAY_EXTRA  a second overlay laid over overlay/ (debugging only)
 #   KEEL_APT_SOURCES    deb822 sources file (default the host's debian.sources)
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
 version=$(<VERSION)
-bin_dir=$(realpath "${KEEL_BIN_DIR:-target/release}")
+bin_dir=$(realpath "${KEEL_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}")
 mkdir -p "${KEEL_BUILD_DIR:-build}"
 out=$(realpath "${KEEL_BUILD_DIR:-build}")
 extra=${KEEL_OVERLAY_EXTRA:+$(realpath "$KEEL_OVERLAY_EXTRA")}

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keel_qemu_tests::{csrf_of, image_or_skip, json_post, Vm, BOOT_CEILING};
+use keel_qemu_tests::{image_or_skip, json_post, set_up_admin, Vm, BOOT_CEILING, POWEROFF_CEILING};
 use serde_json::json;
 
 const PASSWORD: &str = "old admin password";
@@ -52,21 +52,8 @@ async fn wait_boots(vm: &mut Vm, n: usize) {
     vm.wait_https(BOOT_CEILING).await.unwrap();
 }
 
-/// Sets the admin password with the setup code of the latest boot; returns the
-/// client, its CSRF token and the served certificate (DER).
 async fn set_up(vm: &Vm) -> (reqwest::Client, String, Vec<u8>) {
-    let code = vm.setup_code().expect("setup code on the serial line");
-    let (http, seen) = vm.client();
-    let (st, body) = json_post(
-        &http,
-        &vm.url("/appliance/api/v1/setup"),
-        json!({"setup_code": code, "password": PASSWORD}),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(st, 200, "{body}");
-    (http, csrf_of(&body).unwrap(), seen.seen_der().unwrap())
+    set_up_admin(vm, PASSWORD).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,4 +174,96 @@ async fn factory_reset_from_api_and_boot_menu() {
         [false, false, false, false, true],
         "[cert 1, cert 2, setup code 1, setup code 2] must be gone; the live cert 3 present"
     );
+}
+
+/// Waits until the current run's serial output contains `text` (QEMU must keep running).
+async fn wait_serial_text(vm: &mut Vm, text: &str, ceiling: Duration) {
+    let deadline = std::time::Instant::now() + ceiling;
+    while !vm.serial().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {text:?} on the serial line\n{}",
+            vm.serial_tail()
+        );
+        assert!(
+            vm.exited().unwrap().is_none(),
+            "QEMU ended\n{}",
+            vm.serial_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The local console menu on the serial line: "Reset the admin password", confirmed
+/// with `yes`, ends the old password and sessions and shows a new setup code, which
+/// sets a new password through the web setup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_menu_resets_admin_password() {
+    let Some(image) = image_or_skip() else {
+        return;
+    };
+    let mut vm = Vm::start("menu-reset", &image).unwrap();
+    wait_boots(&mut vm, 1).await;
+    let code1 = vm.setup_code().unwrap();
+    let (http, _, _) = set_up(&vm).await;
+
+    // Item 3 of the menu, then its confirmation.
+    vm.type_serial("3\r").unwrap();
+    wait_serial_text(
+        &mut vm,
+        "Type yes to reset the admin password",
+        Duration::from_secs(60),
+    )
+    .await;
+    vm.type_serial("yes\r").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let code2 = loop {
+        match vm.setup_code() {
+            Some(c) if c != code1 => break c,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new setup code after the menu's password reset\n{}",
+            vm.serial_tail()
+        );
+        assert!(
+            vm.exited().unwrap().is_none(),
+            "QEMU ended\n{}",
+            vm.serial_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // The session from before is gone, and so is the old password.
+    let resp = http
+        .get(vm.url("/appliance/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "old session still valid");
+    let (http2, _) = vm.client();
+    let (st, body) = json_post(
+        &http2,
+        &vm.url("/appliance/api/v1/login"),
+        json!({"username": "admin", "password": PASSWORD}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(st == 401 || st == 409, "old password: {st} {body}");
+
+    // The new code (the last one on the serial line) sets a new password.
+    assert_eq!(vm.setup_code().as_deref(), Some(code2.as_str()));
+    let (http3, csrf3, _) = set_up_admin(&vm, "new admin password").await.unwrap();
+    let (st, body) = json_post(
+        &http3,
+        &vm.url("/appliance/api/v1/system/shutdown"),
+        json!({}),
+        Some(&csrf3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 202, "{body}");
+    vm.wait_exit(POWEROFF_CEILING).await.unwrap();
 }

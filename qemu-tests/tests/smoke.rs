@@ -18,6 +18,19 @@ const GRUB_MARKER: &str = "GNU GRUB";
 /// Each VM's disk is this much larger than the image.
 const GROW: u64 = 2 << 30;
 
+/// The certificate's subjectAltName extension as the openssl CLI prints it.
+fn subject_alt_names(der: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl (scripts/deps.sh installs it)");
+    child.stdin.take().unwrap().write_all(der).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
 fn api(vm: &Vm, path: &str) -> String {
     vm.url(&format!("{API}{path}"))
 }
@@ -251,6 +264,12 @@ async fn appliance_smoke() {
     let der_a = seen.seen_der().expect("a's certificate recorded");
     assert_eq!(sha256_hex(&der_a), fp_a);
     assert_eq!(seen.seen().as_deref(), Some(fp_a.as_str()));
+    // Made on first boot for this box: its DHCP address and hostname are in it.
+    let sans = subject_alt_names(&der_a);
+    assert!(
+        sans.contains("IP Address:10.0.2.15") && sans.contains("DNS:keel"),
+        "first-boot certificate names: {sans}"
+    );
 
     // The setup code is spent.
     let got = json_post(

@@ -893,20 +893,29 @@ impl CertStore {
         })
     }
 
-    /// Warnings of the certificates being served (for the status page).
-    pub fn in_use_warnings(&self) -> Result<Vec<(CertificateEntry, CertWarning)>, CertError> {
+    /// The certificates being served somewhere (default, an address or a name),
+    /// with the warnings worth an admin's attention (a chain we re-ordered on
+    /// import is served in order: not one of them).
+    pub fn in_use(&self) -> Result<Vec<CertificateEntry>, CertError> {
         let list = self.list()?;
         Ok(list
             .certificates
             .into_iter()
             .filter(|c| !c.assigned.is_empty())
-            .flat_map(|c| {
+            .map(|mut c| {
                 c.warnings
-                    .clone()
-                    .into_iter()
-                    .filter(|w| w.code != CertWarningCode::ChainReordered)
-                    .map(move |w| (c.clone(), w))
+                    .retain(|w| w.code != CertWarningCode::ChainReordered);
+                c
             })
+            .collect())
+    }
+
+    /// Warnings of the certificates being served (for the status page).
+    pub fn in_use_warnings(&self) -> Result<Vec<(CertificateEntry, CertWarning)>, CertError> {
+        Ok(self
+            .in_use()?
+            .into_iter()
+            .flat_map(|c| c.warnings.clone().into_iter().map(move |w| (c.clone(), w)))
             .collect())
     }
 }

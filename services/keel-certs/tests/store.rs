@@ -760,6 +760,14 @@ fn assignments_warnings_and_delete_in_use() {
         .unwrap();
     let builtin = f.store.get(BUILTIN_CERT_ID).unwrap();
     assert!(builtin.assigned.is_empty(), "two took over the default");
+    // What is in use, with its warnings (the status page's list).
+    let in_use = f.store.in_use().unwrap();
+    let ids: Vec<&str> = in_use.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&one.id.as_str()) && ids.contains(&two.id.as_str()));
+    let used_one = in_use.iter().find(|c| c.id == one.id).unwrap();
+    assert_eq!(used_one.warnings.len(), 2, "{:?}", used_one.warnings);
+    assert_eq!(f.store.in_use_warnings().unwrap().len(), 2);
 
     let s = f.store.serving().unwrap();
     let fp = |k: &std::sync::Arc<rustls::sign::CertifiedKey>| {

@@ -27,6 +27,9 @@ pub struct AppState {
     pub requests_dir: PathBuf,
     /// Mount point whose size the status reports (`/data` on the appliance).
     pub data_mount: PathBuf,
+    /// The certificate store serving this console, set once by
+    /// `certs::CertsState::new` (weak: the store's state holds this state).
+    pub certs: std::sync::OnceLock<std::sync::Weak<crate::certs::CertsState>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -90,6 +93,11 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 impl AppState {
+    /// The certificate store serving this console, when it has one.
+    pub fn cert_store(&self) -> Option<Arc<crate::certs::CertsState>> {
+        self.certs.get().and_then(std::sync::Weak::upgrade)
+    }
+
     pub fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let token = cookie(headers, SESSION_COOKIE)?;
         let s = self.auth.session(&token)?;
@@ -129,10 +137,15 @@ impl AppState {
                 &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
             ),
             addresses,
-            certificate: keel_api::CertificateSummary {
-                sha256_fingerprint: self.cert.sha256_fingerprint.clone(),
-                subject: self.cert.subject.clone(),
-                not_after: self.cert.not_after.clone(),
+            // What the TLS server serves by default now: an admin may have made
+            // another certificate the default.
+            certificate: match self.cert_store() {
+                Some(cs) => crate::certs::served_default(&cs).summary(),
+                None => keel_api::CertificateSummary {
+                    sha256_fingerprint: self.cert.sha256_fingerprint.clone(),
+                    subject: self.cert.subject.clone(),
+                    not_after: self.cert.not_after.clone(),
+                },
             },
             processes: status::keel_processes(),
             data_total_bytes: data.0,
@@ -441,6 +454,16 @@ pub fn local_router(state: Shared) -> Router {
                     .map(|_| StatusCode::ACCEPTED)
             }),
         )
+        .route("/admin/reset-password", post(local_reset_password))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The local console menu's "Reset the admin password": the password is gone, every
+/// session ends, and a new setup code appears on the local console (`/banner`).
+async fn local_reset_password(State(st): State<Shared>) -> Result<Json<SetupState>, ApiError> {
+    st.auth.reset_admin_password()?;
+    Ok(Json(SetupState {
+        setup_required: true,
+    }))
 }

@@ -198,17 +198,25 @@ impl Auth {
             .map_err(|e| AuthError::Store(e.to_string()))?
             .to_string();
         let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
-        keel_core::store::write_json(
-            &self.dir.join("admin.json"),
-            &AdminRecord {
-                password_hash: hash.clone(),
-            },
-            0o600,
-        )
-        .map_err(store)?;
-        let _ = std::fs::remove_file(self.dir.join("setup-code"));
         {
+            // Stored under the lock: a password reset from the local console while
+            // the hash was computed replaced the code this setup was checked against.
             let mut inner = self.inner.lock().unwrap();
+            if inner.admin_hash.is_some() {
+                return Err(AuthError::AlreadySetUp);
+            }
+            if inner.setup_code.as_deref() != Some(expected.as_str()) {
+                return Err(AuthError::WrongSetupCode);
+            }
+            keel_core::store::write_json(
+                &self.dir.join("admin.json"),
+                &AdminRecord {
+                    password_hash: hash.clone(),
+                },
+                0o600,
+            )
+            .map_err(store)?;
+            let _ = std::fs::remove_file(self.dir.join("setup-code"));
             inner.admin_hash = Some(hash);
             inner.setup_code = None;
         }
@@ -292,6 +300,32 @@ impl Auth {
 
     pub fn logout(&self, token: &str) {
         self.inner.lock().unwrap().sessions.remove(token);
+    }
+
+    /// Forgets the admin password (the local console menu: physical access is the
+    /// authority), ends every session and makes a new one-time setup code, so the
+    /// web setup runs again. Returns the new code.
+    pub fn reset_admin_password(&self) -> Result<String, AuthError> {
+        let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
+        let code = new_setup_code();
+        let mut inner = self.inner.lock().unwrap();
+        // The code first: a crash in between leaves the old password in force (a
+        // stale code file is ignored while admin.json exists), never no way in.
+        keel_core::store::write_atomic(&self.dir.join("setup-code"), code.as_bytes(), 0o600)
+            .map_err(store)?;
+        match std::fs::remove_file(self.dir.join("admin.json")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AuthError::Store(format!("removing admin.json: {e}"))),
+        }
+        inner.admin_hash = None;
+        inner.setup_code = Some(code.clone());
+        inner.sessions.clear();
+        tracing::warn!(
+            "admin password reset from the local console: every session ended, new setup \
+             code created (shown on the local console only)"
+        );
+        Ok(code)
     }
 }
 
@@ -382,6 +416,40 @@ mod tests {
             a.login(other, "root", "correct horse").unwrap_err(),
             AuthError::WrongPassword
         );
+    }
+
+    #[test]
+    fn password_reset_ends_sessions_and_restarts_setup() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Auth::open(dir.path()).unwrap();
+        let old_code = a.setup_code().unwrap();
+        let (token, _) = a.setup(CLIENT, &old_code, "correct horse").unwrap();
+        let (token2, _) = a.login(CLIENT, "admin", "correct horse").unwrap();
+
+        let code = a.reset_admin_password().unwrap();
+        assert_ne!(code, old_code);
+        assert_eq!(a.setup_code().as_deref(), Some(code.as_str()));
+        assert!(a.setup_required());
+        assert!(a.session(&token).is_none() && a.session(&token2).is_none());
+        assert_eq!(
+            a.login(CLIENT, "admin", "correct horse").unwrap_err(),
+            AuthError::NotSetUp
+        );
+        assert!(!dir.path().join("admin.json").exists());
+        // Survives a restart of the console: the new code, not set up.
+        let a = Auth::open(dir.path()).unwrap();
+        assert_eq!(a.setup_code().as_deref(), Some(code.as_str()));
+        assert_eq!(
+            a.setup(CLIENT, &old_code, "battery staple").unwrap_err(),
+            AuthError::WrongSetupCode
+        );
+        let (token3, _) = a.setup(CLIENT, &code, "battery staple").unwrap();
+        assert!(a.session(&token3).is_some());
+        assert_eq!(
+            a.login(CLIENT, "admin", "correct horse").unwrap_err(),
+            AuthError::WrongPassword
+        );
+        assert!(a.login(CLIENT, "admin", "battery staple").is_ok());
     }
 
     #[test]

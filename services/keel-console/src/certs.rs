@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{DefaultBodyLimit, Form, Path, Request, State};
+use axum::extract::multipart::MultipartError;
+use axum::extract::{DefaultBodyLimit, Form, FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -13,7 +14,8 @@ use axum::{Extension, Json, Router};
 use base64::Engine;
 use keel_api::{
     CertCheck, CertDeleteRequest, CertExportRequest, CertImportRequest, CertList, CertTargets,
-    CertWarning, CertificateEntry, CsrCreated, ExportFormat, KeyType, NewCertRequest,
+    CertWarning, CertificateEntry, CertificateSummary, CsrCreated, ExportFormat, KeyType,
+    NewCertRequest,
 };
 use keel_certs::export::Exported;
 use keel_certs::material::Input;
@@ -42,9 +44,8 @@ impl CertsState {
             store,
             resolver,
         });
-        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-        reg.retain(|w| w.strong_count() > 0);
-        reg.push(Arc::downgrade(&cs));
+        // A console has one store; a second `new` for the same state keeps the first.
+        let _ = cs.app.certs.set(Arc::downgrade(&cs));
         cs
     }
 
@@ -66,26 +67,101 @@ impl CertsState {
     }
 }
 
-/// Certificate stores by console, so pages built from the console's own state
-/// (Basics) can show their warnings without the state knowing about them.
-static REGISTRY: std::sync::Mutex<Vec<std::sync::Weak<CertsState>>> =
-    std::sync::Mutex::new(Vec::new());
-
 /// Warnings about the certificates `app` serves (empty without a store).
 pub fn in_use_warnings(app: &crate::app::AppState) -> Vec<String> {
-    let found = REGISTRY
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .find(|cs| std::ptr::eq(Arc::as_ptr(&cs.app), app));
-    found.map(|cs| cs.in_use_warnings()).unwrap_or_default()
+    app.cert_store()
+        .map(|cs| cs.in_use_warnings())
+        .unwrap_or_default()
 }
 
 /// Adds the certificate routes to the console's router, and the store to every
-/// request (the Basics page shows its warnings).
+/// request.
 pub fn with_certs(router: Router, cs: CertsShared) -> Router {
     router.merge(self::router(cs.clone())).layer(Extension(cs))
+}
+
+/// A certificate as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedCert {
+    /// The store's label (`Built-in self-signed` for the built-in one).
+    pub label: String,
+    pub subject: String,
+    pub not_after: String,
+    pub sha256_fingerprint: String,
+    /// Where it is served: `default`, `ip:<address>`, `host:<name>`.
+    pub assigned: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl ServedCert {
+    fn from_entry(c: CertificateEntry) -> Self {
+        Self {
+            label: c.label,
+            subject: c.subject,
+            not_after: c.not_after,
+            sha256_fingerprint: c.sha256_fingerprint,
+            assigned: c.assigned,
+            warnings: c.warnings.into_iter().map(|w| w.message).collect(),
+        }
+    }
+
+    pub fn summary(&self) -> CertificateSummary {
+        CertificateSummary {
+            sha256_fingerprint: self.sha256_fingerprint.clone(),
+            subject: self.subject.clone(),
+            not_after: self.not_after.clone(),
+        }
+    }
+}
+
+/// What the TLS server serves where no address or name has its own certificate,
+/// as it serves it now (an assigned default that could not be loaded leaves the
+/// built-in one in place, and this says so).
+pub fn served_default(cs: &CertsState) -> ServedCert {
+    let key = cs.resolver.choose(None, None);
+    let leaf = key.cert.first().map(|c| c.as_ref()).unwrap_or_default();
+    let fp = keel_certs::fingerprint(leaf);
+    let in_use = cs.store.in_use().unwrap_or_default();
+    if let Some(c) = in_use.into_iter().find(|c| c.sha256_fingerprint == fp) {
+        return ServedCert::from_entry(c);
+    }
+    // Only while the store is unreadable, or a change is being swapped in.
+    let d = keel_certs::inspect::details(leaf);
+    ServedCert {
+        label: "(not in the certificate store)".into(),
+        subject: d.as_ref().map(|d| d.subject.clone()).unwrap_or_default(),
+        not_after: d.map(|d| d.not_after_rfc3339()).unwrap_or_default(),
+        sha256_fingerprint: fp,
+        assigned: vec!["default".into()],
+        warnings: Vec::new(),
+    }
+}
+
+/// The certificate part of *Status › Basics*.
+pub struct BasicsCerts {
+    /// Served where nothing more specific is assigned.
+    pub default: ServedCert,
+    /// Every certificate served somewhere, with its warnings.
+    pub in_use: Vec<ServedCert>,
+    /// The store could not be read.
+    pub error: Option<String>,
+}
+
+/// The certificates `app` serves; `None` for a console without a store.
+pub fn basics_view(app: &crate::app::AppState) -> Option<BasicsCerts> {
+    let cs = app.cert_store()?;
+    let (in_use, error) = match cs.store.in_use() {
+        Ok(l) => (l.into_iter().map(ServedCert::from_entry).collect(), None),
+        Err(e) => (
+            Vec::new(),
+            Some(format!("certificate store unreadable: {e}")),
+        ),
+    };
+    Some(BasicsCerts {
+        default: served_default(&cs),
+        in_use,
+        error,
+    })
 }
 
 fn api_error(e: CertError) -> ApiError {
@@ -366,8 +442,13 @@ async fn api_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Like the console's own guard: answer 413 before reading a body that is too big.
-async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Response {
+/// Like the console's own guard: answer 413 before reading a body that is too big
+/// (on the page, for a form of the page).
+async fn refuse_oversized(
+    State(cs): State<CertsShared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     use http_body_util::BodyExt;
     let declared = req
         .headers()
@@ -376,10 +457,30 @@ async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Respons
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(len) if len > IMPORT_MAX_BODY as u64 => {
+            let session = req
+                .uri()
+                .path()
+                .starts_with(PAGE)
+                .then(|| cs.app.session(req.headers()))
+                .flatten();
             // Read (up to a bound) so a client still sending sees the answer.
             if len <= 2 * IMPORT_MAX_BODY as u64 {
                 let mut body = req.into_body();
                 while let Some(Ok(_)) = body.frame().await {}
+            }
+            if let Some((_, s)) = session {
+                return page(
+                    &cs,
+                    s.csrf_token,
+                    PageOpts::message(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "The upload ({len} bytes) is over the limit of {IMPORT_MAX_BODY} \
+                             bytes (each file at most {} bytes): nothing was imported.",
+                            keel_certs::material::MAX_FILE_BYTES
+                        ),
+                    ),
+                );
             }
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -434,6 +535,13 @@ impl PageOpts {
             ..Self::ok()
         }
     }
+    fn message(status: StatusCode, error: String) -> Self {
+        Self {
+            status,
+            error: Some(error),
+            ..Self::ok()
+        }
+    }
     fn notice(n: impl Into<String>) -> Self {
         Self {
             notice: Some(n.into()),
@@ -483,19 +591,27 @@ async fn html_page(State(cs): State<CertsShared>, headers: HeaderMap) -> Respons
     }
 }
 
+fn to_login() -> Box<Response> {
+    Box::new(Redirect::to("/appliance/").into_response())
+}
+
+fn forged() -> Box<Response> {
+    Box::new(
+        (
+            StatusCode::FORBIDDEN,
+            Html("The form expired or came from another site; nothing was changed."),
+        )
+            .into_response(),
+    )
+}
+
 /// The session's CSRF token behind a form post, or the answer to give instead.
 fn form_session(cs: &CertsState, headers: &HeaderMap, csrf: &str) -> Result<String, Box<Response>> {
     let Some((_, session)) = cs.app.session(headers) else {
-        return Err(Box::new(Redirect::to("/appliance/").into_response()));
+        return Err(to_login());
     };
     if !session.csrf_matches(csrf) || !app::same_origin(headers) {
-        return Err(Box::new(
-            (
-                StatusCode::FORBIDDEN,
-                Html("The form expired or came from another site; nothing was changed."),
-            )
-                .into_response(),
-        ));
+        return Err(forged());
     }
     Ok(session.csrf_token)
 }
@@ -601,8 +717,9 @@ async fn form_csr(
     }
 }
 
+/// The import forms as an older page sent them: pasted text only, urlencoded.
 #[derive(Deserialize)]
-struct ImportForm {
+struct PasteForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
@@ -613,26 +730,154 @@ struct ImportForm {
     passphrase: String,
 }
 
-async fn form_import(
-    State(cs): State<CertsShared>,
-    headers: HeaderMap,
-    Form(f): Form<ImportForm>,
-) -> Response {
-    let csrf = match form_session(&cs, &headers, &f.csrf) {
-        Ok(c) => c,
+/// What an import form sent.
+#[derive(Default)]
+struct Upload {
+    label: String,
+    passphrase: Option<String>,
+    /// (name, bytes) of the chosen files and the pasted text, as the form sent them.
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl Upload {
+    fn paste(&mut self, text: String) {
+        if !text.trim().is_empty() {
+            self.files.push(("pasted text".into(), text.into_bytes()));
+        }
+    }
+
+    fn passphrase(&mut self, p: String) {
+        if !p.is_empty() {
+            self.passphrase = Some(p);
+        }
+    }
+}
+
+/// The name of an uploaded file for messages: the browser's, without a path
+/// (some send one), printable, not too long.
+fn upload_name(name: Option<&str>, n: usize) -> String {
+    let base = name
+        .unwrap_or("")
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(80)
+        .collect::<String>();
+    if base.trim().is_empty() {
+        format!("file {n}")
+    } else {
+        base
+    }
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..19)
+                .is_some_and(|m| m.eq_ignore_ascii_case("multipart/form-data"))
+        })
+}
+
+/// Reads an import form (files and pasted text, `multipart/form-data`; or pasted
+/// text alone, urlencoded) after checking the session. Nothing comes back to be
+/// stored unless the form's CSRF field matched the session's: a missing or wrong
+/// one answers 403. Returns the session's CSRF token for the page.
+async fn read_upload(cs: &CertsState, req: Request) -> Result<(String, Upload), Box<Response>> {
+    let Some((_, session)) = cs.app.session(req.headers()) else {
+        return Err(to_login());
+    };
+    if !app::same_origin(req.headers()) {
+        return Err(forged());
+    }
+    let csrf = session.csrf_token.clone();
+    let unreadable = |status: StatusCode, why: String| {
+        Box::new(page(
+            cs,
+            csrf.clone(),
+            PageOpts::message(
+                status,
+                format!("The upload could not be read ({why}): nothing was imported."),
+            ),
+        ))
+    };
+    let mut up = Upload::default();
+    if !is_multipart(req.headers()) {
+        let Form(f) = Form::<PasteForm>::from_request(req, &())
+            .await
+            .map_err(|r| unreadable(r.status(), r.body_text()))?;
+        if !session.csrf_matches(&f.csrf) {
+            return Err(forged());
+        }
+        up.label = f.label;
+        up.passphrase(f.passphrase);
+        up.paste(f.pem);
+        return Ok((csrf, up));
+    }
+    let failed = |e: MultipartError| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => unreadable(
+            e.status(),
+            format!("over the limit of {IMPORT_MAX_BODY} bytes"),
+        ),
+        status => unreadable(status, e.body_text()),
+    };
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|r| unreadable(r.status(), r.body_text()))?;
+    let mut checked = false;
+    while let Some(field) = form.next_field().await.map_err(failed)? {
+        match field.name().unwrap_or("") {
+            "csrf" => {
+                if !session.csrf_matches(&field.text().await.map_err(failed)?) {
+                    return Err(forged());
+                }
+                checked = true;
+            }
+            "label" => up.label = field.text().await.map_err(failed)?,
+            "passphrase" => up.passphrase(field.text().await.map_err(failed)?),
+            "pem" => up.paste(field.text().await.map_err(failed)?),
+            "files" => {
+                let chosen = field.file_name().is_some_and(|n| !n.is_empty());
+                let name = upload_name(field.file_name(), up.files.len() + 1);
+                let data = field.bytes().await.map_err(failed)?;
+                // An empty file input still sends a part, without a name.
+                if chosen || !data.is_empty() {
+                    up.files.push((name, data.to_vec()));
+                }
+            }
+            // A button's name, say: nothing to read.
+            _ => {}
+        }
+    }
+    if !checked {
+        return Err(forged());
+    }
+    Ok((csrf, up))
+}
+
+fn nothing_uploaded() -> CertError {
+    CertError::Invalid("nothing to import: choose files or paste PEM text".into())
+}
+
+async fn form_import(State(cs): State<CertsShared>, req: Request) -> Response {
+    let (csrf, up) = match read_upload(&cs, req).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    let pass = (!f.passphrase.is_empty()).then_some(f.passphrase);
-    let (label, pem) = (f.label, f.pem);
+    if up.files.is_empty() {
+        return page(&cs, csrf, PageOpts::error(&nothing_uploaded()));
+    }
+    let Upload {
+        label,
+        passphrase,
+        files,
+    } = up;
     let result = blocking(&cs, move |s| {
-        s.import(
-            &label,
-            &[Input {
-                name: "pasted text",
-                data: pem.as_bytes(),
-            }],
-            pass.as_deref(),
-        )
+        s.import(&label, &inputs(&files), passphrase.as_deref())
     })
     .await;
     match result.and_then(|e| cs.reload().map(|_| e)) {
@@ -813,34 +1058,23 @@ async fn form_export(
     }
 }
 
-#[derive(Deserialize)]
-struct AnswerForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    pem: String,
-}
-
 async fn form_answer(
     State(cs): State<CertsShared>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(f): Form<AnswerForm>,
+    req: Request,
 ) -> Response {
-    let csrf = match form_session(&cs, &headers, &f.csrf) {
-        Ok(c) => c,
+    let (csrf, up) = match read_upload(&cs, req).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    let pem = f.pem;
+    if up.files.is_empty() {
+        return page(&cs, csrf, PageOpts::error(&nothing_uploaded()));
+    }
+    let Upload {
+        passphrase, files, ..
+    } = up;
     let result = blocking(&cs, move |s| {
-        s.answer(
-            &id,
-            &[Input {
-                name: "pasted text",
-                data: pem.as_bytes(),
-            }],
-            None,
-        )
+        s.answer(&id, &inputs(&files), passphrase.as_deref())
     })
     .await;
     match result.and_then(|e| cs.reload().map(|_| e)) {
@@ -883,7 +1117,10 @@ pub fn router(cs: CertsShared) -> Router {
         .route(&h("/{id}/export"), post(form_export))
         .route(&h("/{id}/answer"), post(form_answer).layer(big()))
         .layer(DefaultBodyLimit::max(app::MAX_BODY))
-        .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(
+            cs.clone(),
+            refuse_oversized,
+        ))
         .layer(axum::middleware::map_response(app::security_headers))
         .with_state(cs)
 }

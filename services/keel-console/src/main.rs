@@ -57,12 +57,17 @@ async fn bind_tcp(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// On first boot DHCP may still be running; give it a moment so the certificate
-/// names the address the admin will type.
+/// names the address the admin will type. The IPv4 link-local fallback
+/// (169.254.1.1, up at once) does not end the wait: it is rarely the address in use.
 async fn wait_for_address(limit: Duration) -> Vec<std::net::IpAddr> {
     let start = Instant::now();
     loop {
         let ips = status::reachable_ips(&status::addresses());
-        if !ips.is_empty() || start.elapsed() >= limit {
+        let routable = ips.iter().any(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+            std::net::IpAddr::V6(_) => true,
+        });
+        if routable || start.elapsed() >= limit {
             return ips;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -103,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
 
     let auth = auth::Auth::open(&args.data_dir).context("credential store")?;
     let state = Arc::new(app::AppState {
+        certs: Default::default(),
         auth,
         cert,
         requests_dir: args.requests_dir.clone(),

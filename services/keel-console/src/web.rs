@@ -37,6 +37,7 @@ struct BasicsPage {
     s: keel_api::Status,
     uptime: String,
     cert_warnings: Vec<String>,
+    certs: Option<crate::certs::BasicsCerts>,
     time: crate::time::TimeView,
 }
 
@@ -129,6 +130,7 @@ async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response 
             s,
             uptime,
             cert_warnings: crate::certs::in_use_warnings(st),
+            certs: crate::certs::basics_view(st),
             time,
         },
     )

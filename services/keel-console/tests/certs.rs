@@ -36,6 +36,7 @@ async fn start() -> Console {
     let store = Arc::new(keel_certs::CertStore::open(console_dir.join("certs"), &tls_dir).unwrap());
     let resolver = Arc::new(tls::CertResolver::from_serving(store.serving().unwrap()));
     let state = Arc::new(app::AppState {
+        certs: Default::default(),
         auth: auth::Auth::open(&console_dir).unwrap(),
         cert: keel_certs::info(&identity.cert_pem).unwrap(),
         requests_dir: data.path().join("requests"),
@@ -144,6 +145,75 @@ impl Console {
     fn addr(&self, ip: &str) -> SocketAddr {
         SocketAddr::new(ip.parse::<IpAddr>().unwrap(), self.port)
     }
+
+    fn page_url(&self, path: &str) -> String {
+        format!(
+            "https://{IP1}:{}/appliance/security/certificates{path}",
+            self.port
+        )
+    }
+
+    /// Posts a form of the certificates page as a browser does with
+    /// `enctype="multipart/form-data"`; returns the status and the page.
+    async fn upload(&self, path: &str, parts: &[Part<'_>]) -> (StatusCode, String) {
+        let (content_type, body) = multipart(parts);
+        let resp = self
+            .http
+            .post(self.page_url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "key material on the page");
+        (status, text)
+    }
+
+    async fn status_fingerprint(&self) -> String {
+        let (st, s) = self.get("/status").await;
+        assert_eq!(st, StatusCode::OK, "{s}");
+        s["certificate"]["sha256_fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// One part of a `multipart/form-data` body.
+enum Part<'a> {
+    Field(&'a str, &'a str),
+    /// Field name, file name (empty: no file chosen), content.
+    File(&'a str, &'a str, &'a [u8]),
+}
+
+/// A `multipart/form-data` body as browsers build it: (content type, body).
+fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
+    let boundary = "----KeelTestBoundary5pQ2ZxW9vLr";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p {
+            Part::Field(name, value) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            ),
+            Part::File(name, file, data) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\n\
+                         Content-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(data);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 /// Fingerprint a fresh rustls handshake to `ip` sees (with SNI `name`, if any).
@@ -660,6 +730,62 @@ async fn csr_through_the_api_and_the_html_page() {
             served(&c, IP2, None).await,
             e["sha256_fingerprint"].as_str().unwrap()
         );
+
+        // The CA's answer as a file chosen on the page (DER this time, with the
+        // CA certificate as a second file).
+        let (st, made) = c
+            .post(
+                "/certs/csr",
+                json!({"label": "answered on the page", "sans": ["csr.example"]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{made}");
+        let id2 = made["certificate"]["id"].as_str().unwrap().to_owned();
+        std::fs::write(dir.join("req2.csr"), made["csr_pem"].as_str().unwrap()).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "req2.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "answer2.der",
+                "-outform",
+                "DER",
+                "-days",
+                "60",
+                "-extfile",
+                "ext",
+            ],
+        );
+        let der = std::fs::read(dir.join("answer2.der")).unwrap();
+        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+        let (st, page) = c
+            .upload(
+                &format!("/{id2}/answer"),
+                &[
+                    Part::Field("csrf", &c.csrf),
+                    Part::File("files", "answer.cer", &der),
+                    Part::File("files", "ca.crt", &ca),
+                    Part::Field("pem", ""),
+                ],
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{page}");
+        assert!(page.contains("completed"), "{page}");
+        let (_, e2) = c.get(&format!("/certs/{id2}")).await;
+        assert_eq!(e2["state"], "active", "{e2}");
+        assert_eq!(e2["chain_length"], 2, "{e2}");
+        assert_eq!(
+            e2["sha256_fingerprint"].as_str().unwrap(),
+            keel_certs::fingerprint(&der)
+        );
     }
 
     // The HTML page lists the store; nothing secret on it.
@@ -727,8 +853,9 @@ async fn csr_through_the_api_and_the_html_page() {
     c.assign(soon["id"].as_str().unwrap(), json!({"ips": [IP2]}))
         .await;
     let page = basics(&c).await;
+    assert!(page.contains("short-lived: expires in"), "{page}");
     assert!(
-        page.contains("short-lived (ip:127.0.0.2): expires in"),
+        page.contains("<td>short-lived</td><td><code>ip:127.0.0.2</code>"),
         "{page}"
     );
 }
@@ -745,6 +872,7 @@ async fn local_api_for_keelctl() {
     let store = Arc::new(keel_certs::CertStore::open(console_dir.join("certs"), &tls_dir).unwrap());
     let resolver = Arc::new(tls::CertResolver::from_serving(store.serving().unwrap()));
     let state = Arc::new(app::AppState {
+        certs: Default::default(),
         auth: auth::Auth::open(&console_dir).unwrap(),
         cert: keel_certs::info(&std::fs::read_to_string(tls_dir.join("default.crt")).unwrap())
             .unwrap(),
@@ -802,4 +930,348 @@ async fn local_api_for_keelctl() {
     assert!(f.file_name.ends_with(".p12"));
     let list: keel_api::CertList = client.call::<(), _>("GET", "/certs", None).await.unwrap();
     assert_eq!(list.assignments.default.as_deref(), Some(id.as_str()));
+}
+
+/// An admin uploads a PKCS#12 file from the browser (the page's multipart form),
+/// then makes it the default: the status reports what is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_a_pkcs12_through_the_page_and_make_it_the_default() {
+    let c = start().await;
+    let dir = c.data.path();
+    if !openssl(dir, &["version"]) {
+        return;
+    }
+    // OpenSSL 3's defaults, no -legacy: AES-256-CBC, PBKDF2, HMAC-SHA256 MAC.
+    assert!(openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "up.key",
+            "-out",
+            "up.crt",
+            "-subj",
+            "/CN=upload.example",
+            "-addext",
+            &format!("subjectAltName=DNS:upload.example,IP:{IP1},IP:{IP2}"),
+            "-days",
+            "90",
+        ]
+    ));
+    openssl(
+        dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            "up.crt",
+            "-inkey",
+            "up.key",
+            "-name",
+            "uploaded",
+            "-out",
+            "up.p12",
+            "-passout",
+            "pass:upload secret",
+        ],
+    );
+    let p12 = std::fs::read(dir.join("up.p12")).unwrap();
+    let want = keel_certs::info(&std::fs::read_to_string(dir.join("up.crt")).unwrap())
+        .unwrap()
+        .sha256_fingerprint;
+    let builtin = c.get("/certs/builtin").await.1["sha256_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(c.status_fingerprint().await, builtin);
+    let before = c.count().await;
+
+    // The page offers the upload.
+    let page = c.http.get(c.page_url("")).send().await.unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains(r#"enctype="multipart/form-data""#), "{page}");
+    assert!(page.contains(r#"<input type="file" id="import-files" name="files" multiple>"#));
+
+    // Wrong passphrase: the store's error on the page, nothing stored.
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::Field("label", "uploaded"),
+                Part::File("files", "up.p12", &p12),
+                Part::Field("pem", ""),
+                Part::Field("passphrase", "not the one"),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("wrong passphrase"), "{page}");
+    assert!(page.contains("Security › Certificates"));
+    // Garbage, and a file over the store's limit: named in the message.
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::File("files", "certs/junk.pfx", b"not a certificate at all"),
+                Part::Field("passphrase", "upload secret"),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("junk.pfx"), "{page}");
+    assert!(!page.contains("certs/junk"), "{page}");
+    let big = vec![b'A'; 300 * 1024];
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::File("files", "big.pem", &big),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(
+        page.contains("big.pem is larger than the limit of 262144 bytes"),
+        "{page}"
+    );
+    // Over the whole form's limit: said on the page before reading it.
+    let huge = vec![b'A'; 4 * 1024 * 1024];
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::File("files", "huge.p12", &huge),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{page}");
+    assert!(page.contains("over the limit"), "{page}");
+    assert!(page.contains("nothing was imported"), "{page}");
+    // Nothing chosen, nothing pasted.
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::File("files", "", b""),
+                Part::Field("pem", "  "),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+    assert!(page.contains("nothing to import"), "{page}");
+
+    // No CSRF field, a wrong one, or one after the file that is wrong: 403.
+    let good = [
+        Part::File("files", "up.p12", &p12[..]),
+        Part::Field("passphrase", "upload secret"),
+    ];
+    let (st, page) = c.upload("/import", &good).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("nothing was changed"), "{page}");
+    let (st, _) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", "0123456789abcdef"),
+                Part::File("files", "up.p12", &p12),
+                Part::Field("passphrase", "upload secret"),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = c
+        .upload(
+            "/import",
+            &[
+                Part::File("files", "up.p12", &p12),
+                Part::Field("passphrase", "upload secret"),
+                Part::Field("csrf", ""),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Another site's page, even with the token: refused.
+    let (content_type, body) = multipart(&[
+        Part::Field("csrf", &c.csrf),
+        Part::File("files", "up.p12", &p12),
+        Part::Field("passphrase", "upload secret"),
+    ]);
+    let resp = c
+        .http
+        .post(c.page_url("/import"))
+        .header("content-type", content_type)
+        .header("origin", "https://evil.example")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(c.count().await, before, "a refused upload stored something");
+
+    // The real thing: the token last, as a hand-made form might send it.
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("label", "uploaded"),
+                Part::File("files", "up.p12", &p12),
+                Part::Field("pem", ""),
+                Part::Field("passphrase", "upload secret"),
+                Part::Field("csrf", &c.csrf),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Imported &#34;uploaded&#34;")
+            || page.contains("Imported &quot;uploaded&quot;"),
+        "{page}"
+    );
+    assert!(page.contains(&want), "{page}");
+    assert_eq!(c.count().await, before + 1);
+    let list = c.get("/certs").await.1;
+    let entry = list["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["label"] == "uploaded")
+        .unwrap_or_else(|| panic!("{list}"))
+        .clone();
+    assert_eq!(entry["sha256_fingerprint"], want.as_str());
+    assert_eq!(entry["key_type"], "ECDSA P-256");
+    let id = entry["id"].as_str().unwrap();
+    // The same again: already stored, said so.
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::File("files", "up.p12", &p12),
+                Part::Field("passphrase", "upload secret"),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{page}");
+    assert!(page.contains("already stored"), "{page}");
+
+    // Made the default on the page: served at once, and the status says so.
+    assert_eq!(c.status_fingerprint().await, builtin);
+    let resp = c
+        .http
+        .post(c.page_url(&format!("/{id}/assign")))
+        .form(&[
+            ("csrf", c.csrf.as_str()),
+            ("targets", ""),
+            ("default", "1"),
+            ("action", "assign"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(served(&c, IP1, None).await, want);
+    assert_eq!(c.status_fingerprint().await, want);
+    let (_, s) = c.get("/status").await;
+    assert_eq!(s["certificate"]["subject"], "CN=upload.example", "{s}");
+    // Basics: the default and every certificate in use, with its warnings.
+    let basics = c
+        .http
+        .get(format!("https://{IP1}:{}/appliance/", c.port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let section = &basics[basics.find(r#"<section id="certificate">"#).unwrap()..];
+    let section = &section[..section.find("</section>").unwrap()];
+    assert!(
+        section.contains(&format!(
+            "<tr><th>SHA-256 fingerprint</th><td><code>{want}</code>"
+        )),
+        "{section}"
+    );
+    assert!(
+        section.contains("<tr><th>Certificate</th><td>uploaded</td></tr>"),
+        "{section}"
+    );
+    assert!(!section.contains(&builtin), "{section}");
+    // The built-in one served at an address again: listed as in use there.
+    c.assign("builtin", json!({"ips": [IP2]})).await;
+    let basics = c
+        .http
+        .get(format!("https://{IP1}:{}/appliance/", c.port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        basics.contains("<td>uploaded</td><td><code>default</code>"),
+        "{basics}"
+    );
+    assert!(
+        basics.contains("<td>Built-in self-signed</td><td><code>ip:127.0.0.2</code>"),
+        "{basics}"
+    );
+    assert!(
+        basics.contains("Built-in self-signed: the address 127.0.0.2 is not among"),
+        "{basics}"
+    );
+    assert_eq!(c.status_fingerprint().await, want);
+
+    // Paste still works in the same form (no file chosen).
+    let (st, e) = c
+        .post(
+            "/certs/self-signed",
+            json!({"label": "to paste", "sans": ["paste.example"], "days": 30}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let exported = c
+        .http
+        .post(c.url(&format!("/certs/{}/export", e["id"].as_str().unwrap())))
+        .header("x-csrf-token", &c.csrf)
+        .json(&json!({"format": "pem", "include_key": true, "passphrase": "paste secret"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(exported.contains("ENCRYPTED PRIVATE KEY"));
+    let (st, _) = c
+        .post(
+            &format!("/certs/{}/delete", e["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, page) = c
+        .upload(
+            "/import",
+            &[
+                Part::Field("csrf", &c.csrf),
+                Part::Field("label", "pasted"),
+                Part::File("files", "", b""),
+                Part::Field("pem", &exported),
+                Part::Field("passphrase", "paste secret"),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert!(page.contains("pasted"), "{page}");
+    assert!(page.contains(e["sha256_fingerprint"].as_str().unwrap()));
 }

@@ -13,6 +13,8 @@ struct Console {
     base: String,
     fingerprint: String,
     data: tempfile::TempDir,
+    /// The root-only local API (what keelctl on the box calls).
+    local: keel_core::local_api::Client,
 }
 
 impl Console {
@@ -55,6 +57,7 @@ async fn start() -> Console {
     ));
     let config = Arc::new(tls::server_config(resolver).unwrap());
     let state = Arc::new(app::AppState {
+        certs: Default::default(),
         auth: auth::Auth::open(&console_dir).unwrap(),
         cert,
         requests_dir: data.path().join("requests"),
@@ -62,11 +65,19 @@ async fn start() -> Console {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(tls::serve_https(listener, config, app::router(state)));
+    tokio::spawn(tls::serve_https(
+        listener,
+        config,
+        app::router(state.clone()),
+    ));
+    let socket = data.path().join("api.sock");
+    let local = keel_core::local_api::bind(&socket, 0o600).unwrap();
+    tokio::spawn(keel_core::local_api::serve(local, app::local_router(state)));
     Console {
         base: format!("https://127.0.0.1:{}", addr.port()),
         fingerprint,
         data,
+        local: keel_core::local_api::Client::new(socket),
     }
 }
 
@@ -215,6 +226,78 @@ async fn api_setup_login_status_and_power_with_csrf() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn local_password_reset_starts_setup_over() {
+    let c = start().await;
+    let (http, _) = c.client();
+    let old_code = c.setup_code();
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/setup"))
+            .json(&json!({"setup_code": old_code, "password": "a good password"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let banner: keel_api::Banner = c.local.call::<(), _>("GET", "/banner", None).await.unwrap();
+    assert_eq!(banner.setup_code, None);
+
+    let answer: Value = c
+        .local
+        .call::<(), _>("POST", "/admin/reset-password", None)
+        .await
+        .unwrap();
+    assert_eq!(answer["setup_required"], true);
+
+    // The session from before is gone; the old password no longer logs in.
+    let resp = http
+        .get(c.url("/appliance/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (st, _) = json_of(
+        http.post(c.url("/appliance/api/v1/login"))
+            .json(&json!({"password": "a good password"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // The banner carries the new code, and it sets a new password.
+    let banner: keel_api::Banner = c.local.call::<(), _>("GET", "/banner", None).await.unwrap();
+    let code = banner.setup_code.expect("a new setup code on the banner");
+    assert_ne!(code, old_code);
+    assert_eq!(code, c.setup_code());
+    let (st, _) = json_of(
+        http.post(c.url("/appliance/api/v1/setup"))
+            .json(&json!({"setup_code": old_code, "password": "another password"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, body) = json_of(
+        http.post(c.url("/appliance/api/v1/setup"))
+            .json(&json!({"setup_code": code, "password": "another password"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let resp = http
+        .get(c.url("/appliance/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -113,6 +113,7 @@ async fn ip_configuration_through_the_console() {
     ));
     let config = Arc::new(tls::server_config(resolver).unwrap());
     let state = Arc::new(app::AppState {
+        certs: Default::default(),
         auth: auth::Auth::open(&console_dir).unwrap(),
         cert,
         requests_dir: dir.path().join("requests"),

@@ -97,6 +97,7 @@ async fn time_api_and_basics_section() {
     ));
     let config = Arc::new(tls::server_config(resolver).unwrap());
     let state = Arc::new(app::AppState {
+        certs: Default::default(),
         auth: auth::Auth::open(&console_dir).unwrap(),
         cert,
         requests_dir: data.path().join("requests"),

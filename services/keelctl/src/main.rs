@@ -1,6 +1,7 @@
 //! keelctl: the appliance from the command line, through the services' local sockets.
 
 mod certs;
+mod menu;
 mod net;
 mod time;
 
@@ -47,6 +48,24 @@ enum Command {
         /// Keep running and print again whenever the addresses or the setup state change.
         #[arg(long)]
         follow: bool,
+    },
+    /// The local console menu on a terminal (run by keel-menu@<tty>.service): banner,
+    /// addresses, admin password reset, factory reset, reboot, shut down.
+    Menu {
+        /// The terminal, e.g. /dev/ttyS0 or /dev/tty1.
+        #[arg(long)]
+        tty: PathBuf,
+        /// keel-netd's local API socket (for "Set an address").
+        #[arg(
+            long,
+            env = "KEEL_NETD_SOCKET",
+            default_value = "/run/keel/netd/api.sock"
+        )]
+        netd_socket: PathBuf,
+        /// A directory kept across restarts of the menu, where it notes that it has
+        /// printed KEEL-READY this boot (systemd's RuntimeDirectory= sets it).
+        #[arg(long, env = "RUNTIME_DIRECTORY")]
+        state_dir: Option<PathBuf>,
     },
     /// Erase all configuration and secrets and start over as a new appliance.
     Reset {
@@ -246,6 +265,19 @@ async fn main() -> anyhow::Result<()> {
             println!("restarting");
         }
         Command::Banner { ttys, follow } => banner(&console, &ttys, follow).await?,
+        Command::Menu {
+            tty,
+            netd_socket,
+            state_dir,
+        } => {
+            menu::run(
+                console,
+                Client::new(netd_socket),
+                &tty,
+                state_dir.as_deref(),
+            )
+            .await?
+        }
         Command::Reset { yes, poweroff } => {
             if !yes {
                 bail!(
