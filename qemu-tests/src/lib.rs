@@ -541,6 +541,31 @@ pub async fn set_up_admin(vm: &Vm, password: &str) -> Result<(reqwest::Client, S
     Ok((http, csrf_of(&body)?, der))
 }
 
+/// Runs the openssl CLI in `dir` (a real tool nobody here wrote, for test material);
+/// panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (scripts/deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A file of `dir` as the certificate import API takes it.
+pub fn cert_file(dir: &Path, name: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let data = std::fs::read(dir.join(name)).expect("test file");
+    serde_json::json!({
+        "name": name,
+        "data_base64": base64::engine::general_purpose::STANDARD.encode(data),
+    })
+}
+
 pub fn csrf_of(body: &serde_json::Value) -> Result<String> {
     body["csrf_token"]
         .as_str()

@@ -4,7 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keel_qemu_tests::{image_or_skip, json_post, set_up_admin, Vm, BOOT_CEILING, POWEROFF_CEILING};
+use keel_qemu_tests::{
+    cert_file, image_or_skip, json_post, openssl, set_up_admin, Vm, BOOT_CEILING, POWEROFF_CEILING,
+};
 use serde_json::json;
 
 const PASSWORD: &str = "old admin password";
@@ -66,11 +68,90 @@ async fn factory_reset_from_api_and_boot_menu() {
     let code1 = vm.setup_code().unwrap();
     let (http, csrf, cert1) = set_up(&vm).await;
     let line1 = pem_line(&cert1);
-    // The scan sees the stored certificate before the reset (it can find things).
+
+    // Configure it the way an admin would: an imported certificate with its key, a
+    // static address, and a marker string in the network configuration.
+    let work = tempfile::tempdir().unwrap();
+    openssl(
+        work.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "imported.key",
+            "-out",
+            "imported.crt",
+            "-days",
+            "90",
+            "-subj",
+            "/CN=imported.keel.test",
+            "-addext",
+            "subjectAltName=DNS:imported.keel.test",
+        ],
+    );
+    let key_line = std::fs::read_to_string(work.path().join("imported.key"))
+        .unwrap()
+        .lines()
+        .rfind(|l| !l.starts_with("-----") && l.len() == 64)
+        .unwrap()
+        .to_owned();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/certs/import"),
+        json!({"label": "imported", "files": [
+            cert_file(work.path(), "imported.crt"),
+            cert_file(work.path(), "imported.key"),
+        ]}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 201, "{body}");
+    let marker = format!("mk{}", &keel_qemu_tests::sha256_hex(&cert1)[..12]);
+    let (st, state) = keel_qemu_tests::json_get(&http, &vm.url("/appliance/api/v1/net/config"))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{state}");
+    let mut config = state["running"].clone();
+    config["hostname"] = json!(marker);
+    config["interfaces"][0]["addresses"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("10.0.2.77/24"));
+    let resp = http
+        .put(vm.url("/appliance/api/v1/net/config"))
+        .header("x-csrf-token", &csrf)
+        .json(&config)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/net/confirm"),
+        json!({}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "{body}");
+    // Written through to the disk: the scan sees all of it before the reset (it can
+    // find things).
+    let mut found = Vec::new();
+    for _ in 0..30 {
+        found = vm.disk_contains(&[&line1, &key_line, &marker]).unwrap();
+        if found == [true, true, true] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     assert_eq!(
-        vm.disk_contains(&[&line1]).unwrap(),
-        [true],
-        "certificate not on disk"
+        found,
+        [true, true, true],
+        "[certificate, imported key, marker] on disk"
     );
 
     // Without the typed confirmation nothing happens.
@@ -167,12 +248,13 @@ async fn factory_reset_from_api_and_boot_menu() {
     // Nothing of the earlier identities is left on the disk; the current one is.
     let line3 = pem_line(&cert3);
     let found = vm
-        .disk_contains(&[&line1, &line2, &code1, &code2, &line3])
+        .disk_contains(&[&line1, &key_line, &marker, &line2, &code1, &code2, &line3])
         .unwrap();
     assert_eq!(
         found,
-        [false, false, false, false, true],
-        "[cert 1, cert 2, setup code 1, setup code 2] must be gone; the live cert 3 present"
+        [false, false, false, false, false, false, true],
+        "[cert 1, imported key, marker, cert 2, setup code 1, setup code 2] must be gone; \
+         the live cert 3 present"
     );
 }
 

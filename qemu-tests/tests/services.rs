@@ -9,10 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use keel_qemu_tests::{
-    answer, image_or_skip, json_get, json_post, set_up_admin, sha256_hex, Vm, BOOT_CEILING,
-    READY_MARKER,
+    answer, cert_file, image_or_skip, json_get, json_post, openssl, set_up_admin, sha256_hex, Vm,
+    BOOT_CEILING, READY_MARKER,
 };
 use serde_json::{json, Value};
 
@@ -27,19 +26,6 @@ const EXTRA_IP: &str = "10.0.2.99";
 /// QEMU's user-network host address: with `restrict=on` nothing answers on it, so
 /// an NTP server configured here is unreachable by construction.
 const DEAD_NTP: &str = "10.0.2.2";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (scripts/deps.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, and a P-256 leaf it signed for the guest's address, with the leaf key
 /// encrypted (PKCS#8, AES) under `passphrase`. Returns the leaf's DER.
@@ -133,11 +119,6 @@ fn make_ca_signed(dir: &Path, passphrase: &str) -> Vec<u8> {
     std::fs::read(dir.join("leaf.der")).unwrap()
 }
 
-fn file(dir: &Path, name: &str) -> Value {
-    let data = std::fs::read(dir.join(name)).unwrap();
-    json!({"name": name, "data_base64": base64::engine::general_purpose::STANDARD.encode(data)})
-}
-
 async fn put(http: &reqwest::Client, url: &str, body: &Value, csrf: &str) -> (u16, Value) {
     let resp = http
         .put(url)
@@ -223,7 +204,7 @@ async fn services_on_the_booted_image() {
     let before = get(&http, &vm, "/certs").await;
     let import = json!({
         "label": "CA-signed",
-        "files": [file(work.path(), "leaf.crt"), file(work.path(), "leaf.enc.key"), file(work.path(), "ca.crt")],
+        "files": [cert_file(work.path(), "leaf.crt"), cert_file(work.path(), "leaf.enc.key"), cert_file(work.path(), "ca.crt")],
         "passphrase": "wrong passphrase",
     });
     let (st, body) = post("/certs/import", import.clone()).await;
