@@ -340,6 +340,39 @@ async fn services_on_the_booted_image() {
     );
     assert!(state["pending"].is_null(), "{state}");
 
+    // A VLAN on the guest's port: the kernel's 802.1Q support loads on demand under
+    // netd's sandbox, the sub-interface carries its address; cancel removes it.
+    let port = first["name"].as_str().unwrap().to_owned();
+    let vlan_name = format!("{port}.42");
+    let mut with_vlan = state["confirmed"].clone();
+    with_vlan["vlans"] = json!([{"parent": port, "id": 42}]);
+    with_vlan["interfaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": vlan_name, "mode": "static", "addresses": ["192.0.2.42/24"]}));
+    let (st, pending) = put(&http, &config_url, &with_vlan, &csrf).await;
+    assert_eq!(st, 202, "{pending}");
+    wait_addresses(
+        &http,
+        &vm,
+        "VLAN address up",
+        Duration::from_secs(60),
+        |a| has(a, "192.0.2.42"),
+    )
+    .await;
+    let links = get(&http, &vm, "/net/config").await["links"].to_string();
+    assert!(links.contains(&vlan_name), "no {vlan_name} in {links}");
+    let (st, body) = post("/net/cancel", json!({})).await;
+    assert_eq!(st, 200, "{body}");
+    wait_addresses(
+        &http,
+        &vm,
+        "VLAN gone after cancel",
+        Duration::from_secs(60),
+        |a| !has(a, "192.0.2.42") && has(a, EXTRA_IP),
+    )
+    .await;
+
     // --- time: the configured server is checked and unreachable; then set by hand --
     let deadline = Instant::now() + Duration::from_secs(60);
     let verdict = loop {

@@ -22,6 +22,11 @@ pub const NET_FALLBACK_ADDRESS: &str = "169.254.1.1/16";
 pub struct NetConfig {
     #[serde(default)]
     pub interfaces: Vec<InterfaceConfig>,
+    /// 802.1Q VLAN sub-interfaces netd creates. Each is also an interface: its
+    /// addressing, MTU and enabled flag are its entry in `interfaces` (by name).
+    /// Left out of the JSON when empty, so configurations without VLANs read as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<VlanConfig>,
     /// Default IPv4 gateway; must lie in a subnet of a static address.
     #[serde(default)]
     pub gateway4: Option<Ipv4Addr>,
@@ -44,6 +49,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
+            vlans: Vec::new(),
             gateway4: None,
             gateway6: None,
             routes: Vec::new(),
@@ -104,6 +110,34 @@ pub struct InterfaceConfig {
     /// (keel-failover takes it over on the primary).
     #[serde(default)]
     pub shared_address: Option<IpNetwork>,
+}
+
+/// Lowest and highest usable 802.1Q VLAN ID (0 and 4095 are reserved).
+pub const VLAN_ID_MIN: u16 = 1;
+pub const VLAN_ID_MAX: u16 = 4094;
+
+/// A VLAN link netd creates on a port (`ip link add link eth0 name eth0.100 type vlan id 100`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VlanConfig {
+    /// Kernel name (at most 15 characters); `<parent>.<id>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The interface the tagged frames go out of: an entry of `interfaces` that is
+    /// not itself a VLAN.
+    pub parent: String,
+    /// 802.1Q VLAN ID, 1–4094.
+    pub id: u16,
+}
+
+impl VlanConfig {
+    /// The link's name: `name`, or `<parent>.<id>`.
+    pub fn link_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{}.{}", self.parent, self.id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -214,6 +248,28 @@ mod tests {
         );
         let back: NetConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn vlans_are_optional_and_named_after_parent_and_id() {
+        let c: NetConfig = serde_json::from_str(
+            r#"{"interfaces":[{"name":"eth0","mode":"dhcp"},
+                {"name":"eth0.100","mode":"static","addresses":["192.0.2.10/24"]}],
+                "vlans":[{"parent":"eth0","id":100},{"parent":"eth0","id":7,"name":"mgmt"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.vlans[0].link_name(), "eth0.100");
+        assert_eq!(c.vlans[1].link_name(), "mgmt");
+        let back: NetConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        // Without VLANs the JSON is what it was before they existed.
+        let json = serde_json::to_string(&NetConfig::default()).unwrap();
+        assert!(!json.contains("vlans"), "{json}");
+        // An ID beyond 16 bits is a JSON error (validation refuses 0 and 4095).
+        assert!(
+            serde_json::from_str::<NetConfig>(r#"{"vlans":[{"parent":"eth0","id":70000}]}"#)
+                .is_err()
+        );
     }
 
     #[test]

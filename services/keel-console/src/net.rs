@@ -147,6 +147,32 @@ pub struct IfaceRow {
     pub shared: String,
     /// What the kernel has on it now.
     pub live: String,
+    /// A VLAN's parent and ID (both empty for a port).
+    pub vlan_parent: String,
+    pub vlan_id: String,
+}
+
+impl IfaceRow {
+    pub fn is_vlan(&self) -> bool {
+        !self.vlan_parent.is_empty()
+    }
+}
+
+/// The *Add a VLAN* part of the form, as submitted (empty on a fresh page).
+#[derive(Default)]
+pub struct NewVlan {
+    pub parent: String,
+    pub id: String,
+    pub name: String,
+    pub dhcp: bool,
+    pub addresses: String,
+    pub mtu: String,
+}
+
+/// A port a new VLAN can go on.
+pub struct ParentOption {
+    pub name: String,
+    pub selected: bool,
 }
 
 #[derive(Template)]
@@ -158,6 +184,8 @@ struct IpPage {
     unavailable: Option<String>,
     pending: Option<NetPending>,
     rows: Vec<IfaceRow>,
+    new_vlan: NewVlan,
+    parents: Vec<ParentOption>,
     hostname: String,
     gateway4: String,
     gateway6: String,
@@ -209,6 +237,12 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
             mtu: i.mtu.map(|m| m.to_string()).unwrap_or_default(),
             shared: i.shared_address.map(|a| a.to_string()).unwrap_or_default(),
             live: live(&i.name),
+            vlan_parent: vlan_of(c, &i.name)
+                .map(|v| v.parent.clone())
+                .unwrap_or_default(),
+            vlan_id: vlan_of(c, &i.name)
+                .map(|v| v.id.to_string())
+                .unwrap_or_default(),
         })
         .collect();
     // Wired ports the configuration does not name yet (they get DHCP meanwhile).
@@ -224,12 +258,16 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
                 mtu: String::new(),
                 shared: String::new(),
                 live: live(&l.name),
+                vlan_parent: String::new(),
+                vlan_id: String::new(),
             });
         }
     }
     for (k, r) in rows.iter_mut().enumerate() {
         r.k = k;
     }
+    let new_vlan = NewVlan::default();
+    let parents = parent_options(&rows, &new_vlan.parent);
     IpPage {
         csrf,
         error: None,
@@ -237,6 +275,8 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
         unavailable: None,
         pending: s.pending.clone(),
         rows,
+        new_vlan,
+        parents,
         hostname: c.hostname.clone(),
         gateway4: c.gateway4.map(|g| g.to_string()).unwrap_or_default(),
         gateway6: c.gateway6.map(|g| g.to_string()).unwrap_or_default(),
@@ -259,6 +299,21 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
         dns_search: c.dns.search.join(" "),
         ntp_servers: c.ntp_servers.join("\n"),
     }
+}
+
+fn vlan_of<'a>(c: &'a NetConfig, name: &str) -> Option<&'a keel_api::VlanConfig> {
+    c.vlans.iter().find(|v| v.link_name() == name)
+}
+
+/// The ports on the page, for the new VLAN's parent (VLANs do not stack).
+fn parent_options(rows: &[IfaceRow], chosen: &str) -> Vec<ParentOption> {
+    rows.iter()
+        .filter(|r| !r.is_vlan())
+        .map(|r| ParentOption {
+            name: r.name.clone(),
+            selected: r.name == chosen,
+        })
+        .collect()
 }
 
 fn empty_page(csrf: String, why: String) -> IpPage {
@@ -325,37 +380,94 @@ fn parse_routes(text: &str) -> Result<Vec<Value>, String> {
     Ok(out)
 }
 
+/// One interface of the form (row `if{k}_...` or the new VLAN's `newvlan_...`).
+fn interface_from_form(
+    get: &dyn Fn(&str) -> String,
+    prefix: &str,
+    name: &str,
+    enabled: bool,
+) -> Result<Value, String> {
+    let mut i = json!({
+        "name": name,
+        "enabled": enabled,
+        "mode": if get(&format!("{prefix}_mode")) == "static" { "static" } else { "dhcp" },
+        "addresses": words(&get(&format!("{prefix}_addresses"))),
+    });
+    let mac = get(&format!("{prefix}_mac"));
+    if !mac.is_empty() {
+        i["mac"] = json!(mac);
+    }
+    let mtu = get(&format!("{prefix}_mtu"));
+    if !mtu.is_empty() {
+        let m: u32 = mtu
+            .parse()
+            .map_err(|_| format!("{name}: MTU {mtu:?} is not a number"))?;
+        i["mtu"] = json!(m);
+    }
+    let shared = get(&format!("{prefix}_shared"));
+    if !shared.is_empty() {
+        i["shared_address"] = json!(shared);
+    }
+    Ok(i)
+}
+
+/// A VLAN entry; its name only when it is not the default `<parent>.<id>`.
+fn vlan_json(parent: &str, id: &str, name: &str, what: &str) -> Result<Value, String> {
+    // A number here; netd checks the range (1–4094) and names the field.
+    let n: u32 = id
+        .parse()
+        .map_err(|_| format!("{what}: VLAN ID {id:?} is not a number"))?;
+    let mut v = json!({"parent": parent, "id": n});
+    if !name.is_empty() && name != format!("{parent}.{id}") {
+        v["name"] = json!(name);
+    }
+    Ok(v)
+}
+
 /// The configuration a submitted form describes, as JSON for netd to check.
 fn config_from_form(f: &HashMap<String, String>) -> Result<Value, String> {
     let get = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
     let mut interfaces = Vec::new();
+    let mut vlans = Vec::new();
     for k in 0..64 {
         let name = get(&format!("if{k}_name"));
         if name.is_empty() {
             break;
         }
-        let mut i = json!({
-            "name": name,
-            "enabled": f.contains_key(&format!("if{k}_enabled")),
-            "mode": if get(&format!("if{k}_mode")) == "static" { "static" } else { "dhcp" },
-            "addresses": words(&get(&format!("if{k}_addresses"))),
-        });
-        let mac = get(&format!("if{k}_mac"));
-        if !mac.is_empty() {
-            i["mac"] = json!(mac);
+        let parent = get(&format!("if{k}_vlan_parent"));
+        if !parent.is_empty() {
+            if f.contains_key(&format!("if{k}_remove")) {
+                continue;
+            }
+            vlans.push(vlan_json(
+                &parent,
+                &get(&format!("if{k}_vlan_id")),
+                &name,
+                &name,
+            )?);
         }
-        let mtu = get(&format!("if{k}_mtu"));
-        if !mtu.is_empty() {
-            let m: u32 = mtu
-                .parse()
-                .map_err(|_| format!("{name}: MTU {mtu:?} is not a number"))?;
-            i["mtu"] = json!(m);
+        let enabled = f.contains_key(&format!("if{k}_enabled"));
+        interfaces.push(interface_from_form(
+            &get,
+            &format!("if{k}"),
+            &name,
+            enabled,
+        )?);
+    }
+    // Add a VLAN: a new link and its interface entry, enabled.
+    let id = get("newvlan_id");
+    if !id.is_empty() {
+        let parent = get("newvlan_parent");
+        if parent.is_empty() {
+            return Err("new VLAN: choose the port it goes on".into());
         }
-        let shared = get(&format!("if{k}_shared"));
-        if !shared.is_empty() {
-            i["shared_address"] = json!(shared);
-        }
-        interfaces.push(i);
+        let v = vlan_json(&parent, &id, &get("newvlan_name"), "new VLAN")?;
+        let name = match v.get("name") {
+            Some(n) => n.as_str().unwrap_or_default().to_owned(),
+            None => format!("{parent}.{id}"),
+        };
+        interfaces.push(interface_from_form(&get, "newvlan", &name, true)?);
+        vlans.push(v);
     }
     let opt = |k: &str| {
         let v = get(k);
@@ -365,7 +477,7 @@ fn config_from_form(f: &HashMap<String, String>) -> Result<Value, String> {
             json!(v)
         }
     };
-    Ok(json!({
+    let mut config = json!({
         "interfaces": interfaces,
         "gateway4": opt("gateway4"),
         "gateway6": opt("gateway6"),
@@ -373,7 +485,11 @@ fn config_from_form(f: &HashMap<String, String>) -> Result<Value, String> {
         "dns": {"servers": words(&get("dns_servers")), "search": words(&get("dns_search"))},
         "hostname": get("hostname"),
         "ntp_servers": words(&get("ntp_servers")),
-    }))
+    });
+    if !vlans.is_empty() {
+        config["vlans"] = json!(vlans);
+    }
+    Ok(config)
 }
 
 /// The form as submitted, for showing it again beside an error.
@@ -395,8 +511,19 @@ fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> I
             mtu: get(&format!("if{k}_mtu")),
             shared: get(&format!("if{k}_shared")),
             live: String::new(),
+            vlan_parent: get(&format!("if{k}_vlan_parent")),
+            vlan_id: get(&format!("if{k}_vlan_id")),
         });
     }
+    let new_vlan = NewVlan {
+        parent: get("newvlan_parent"),
+        id: get("newvlan_id"),
+        name: get("newvlan_name"),
+        dhcp: get("newvlan_mode") == "dhcp",
+        addresses: get("newvlan_addresses"),
+        mtu: get("newvlan_mtu"),
+    };
+    let parents = parent_options(&rows, &new_vlan.parent);
     IpPage {
         csrf,
         error: Some(error),
@@ -404,6 +531,8 @@ fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> I
         unavailable: None,
         pending: None,
         rows,
+        new_vlan,
+        parents,
         hostname: get("hostname"),
         gateway4: get("gateway4"),
         gateway6: get("gateway6"),
@@ -555,7 +684,7 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let v = config_from_form(&f).unwrap();
-        let c: NetConfig = serde_json::from_value(v).unwrap();
+        let c: NetConfig = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(c.interfaces.len(), 2);
         assert_eq!(c.interfaces[0].addresses.len(), 2);
         assert_eq!(c.interfaces[0].mtu, Some(1400));
@@ -567,5 +696,137 @@ mod tests {
         assert!(parse_routes("10.0.0.0/8 to 1.2.3.4")
             .unwrap_err()
             .contains("line 1"));
+        assert!(c.vlans.is_empty());
+        assert!(v.get("vlans").is_none(), "no VLANs, no key: {v}");
+    }
+
+    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn vlans_in_the_form() {
+        let f = form(&[
+            ("if0_name", "eth0"),
+            ("if0_enabled", "on"),
+            ("if0_mode", "static"),
+            ("if0_addresses", "192.0.2.10/24"),
+            // An existing VLAN, kept.
+            ("if1_name", "eth0.100"),
+            ("if1_vlan_parent", "eth0"),
+            ("if1_vlan_id", "100"),
+            ("if1_enabled", "on"),
+            ("if1_mode", "static"),
+            ("if1_addresses", "198.51.100.1/24"),
+            ("if1_mtu", "1400"),
+            // One removed.
+            ("if2_name", "mgmt"),
+            ("if2_vlan_parent", "eth0"),
+            ("if2_vlan_id", "7"),
+            ("if2_remove", "on"),
+            ("if2_mode", "dhcp"),
+            // A new one, with a name of its own, DHCP.
+            ("newvlan_parent", "eth0"),
+            ("newvlan_id", "42"),
+            ("newvlan_name", "guest"),
+            ("newvlan_mode", "dhcp"),
+            ("newvlan_addresses", ""),
+            ("newvlan_mtu", "1300"),
+            ("hostname", "edge"),
+        ]);
+        let v = config_from_form(&f).unwrap();
+        let c: NetConfig = serde_json::from_value(v.clone()).unwrap();
+        let names: Vec<&str> = c.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth0", "eth0.100", "guest"]);
+        assert_eq!(
+            v["vlans"],
+            json!([{"parent": "eth0", "id": 100}, {"parent": "eth0", "id": 42, "name": "guest"}])
+        );
+        assert_eq!(c.interfaces[1].mtu, Some(1400));
+        assert!(c.interfaces[2].enabled, "a new VLAN starts enabled");
+        assert_eq!(c.interfaces[2].mode, AddressMode::Dhcp);
+        assert_eq!(c.interfaces[2].mtu, Some(1300));
+        // The default name is the link name when none is given.
+        let mut g = f.clone();
+        g.insert("newvlan_name".into(), String::new());
+        g.insert("newvlan_mode".into(), "static".into());
+        g.insert("newvlan_addresses".into(), "203.0.113.5/24".into());
+        let c: NetConfig = serde_json::from_value(config_from_form(&g).unwrap()).unwrap();
+        assert_eq!(c.interfaces[2].name, "eth0.42");
+        assert_eq!(c.vlans[1].name, None);
+        assert_eq!(c.interfaces[2].addresses[0].to_string(), "203.0.113.5/24");
+        // Not a number, or no parent: said before netd is asked.
+        let mut g = f.clone();
+        g.insert("newvlan_id".into(), "forty".into());
+        assert!(config_from_form(&g)
+            .unwrap_err()
+            .contains("new VLAN: VLAN ID \"forty\" is not a number"));
+        let mut g = f.clone();
+        g.insert("newvlan_parent".into(), String::new());
+        assert!(config_from_form(&g)
+            .unwrap_err()
+            .contains("choose the port"));
+        // The ID's range is netd's to check (it names the field).
+        let mut g = f;
+        g.insert("newvlan_id".into(), "4095".into());
+        assert_eq!(config_from_form(&g).unwrap()["vlans"][1]["id"], 4095);
+    }
+
+    #[test]
+    fn vlans_on_the_page() {
+        let running: NetConfig = serde_json::from_value(json!({
+            "interfaces": [
+                {"name": "eth0", "mode": "static", "addresses": ["192.0.2.10/24"]},
+                {"name": "eth0.100", "mode": "static", "addresses": ["198.51.100.1/24"]}
+            ],
+            "vlans": [{"parent": "eth0", "id": 100}]
+        }))
+        .unwrap();
+        let state = NetState {
+            running: running.clone(),
+            confirmed: running,
+            source: "file".into(),
+            pending: None,
+            links: Vec::new(),
+        };
+        let page = page_from("t".into(), &state);
+        assert!(!page.rows[0].is_vlan());
+        assert_eq!(page.rows[1].vlan_parent, "eth0");
+        assert_eq!(page.rows[1].vlan_id, "100");
+        let names: Vec<&str> = page.parents.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["eth0"], "VLANs do not stack");
+        let html = page.render().unwrap();
+        for want in [
+            "VLAN 100 on eth0",
+            "name=\"if1_vlan_parent\" value=\"eth0\"",
+            "name=\"if1_vlan_id\" value=\"100\"",
+            "name=\"if1_remove\"",
+            "Add a VLAN",
+            "name=\"newvlan_id\"",
+            "<option value=\"eth0\">eth0</option>",
+        ] {
+            assert!(html.contains(want), "{want:?} in\n{html}");
+        }
+        // The page's own form comes back as the same configuration.
+        let mut f: HashMap<String, String> = HashMap::new();
+        for r in &page.rows {
+            let k = r.k;
+            f.insert(format!("if{k}_name"), r.name.clone());
+            f.insert(format!("if{k}_enabled"), "on".into());
+            f.insert(
+                format!("if{k}_mode"),
+                if r.dhcp { "dhcp" } else { "static" }.into(),
+            );
+            f.insert(format!("if{k}_addresses"), r.addresses.clone());
+            f.insert(format!("if{k}_vlan_parent"), r.vlan_parent.clone());
+            f.insert(format!("if{k}_vlan_id"), r.vlan_id.clone());
+        }
+        f.insert("hostname".into(), "keel".into());
+        let back: NetConfig = serde_json::from_value(config_from_form(&f).unwrap()).unwrap();
+        assert_eq!(back.vlans, state.running.vlans);
+        assert_eq!(back.interfaces, state.running.interfaces);
     }
 }

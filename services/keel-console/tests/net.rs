@@ -327,4 +327,125 @@ async fn ip_configuration_through_the_console() {
         "{text}"
     );
     assert!(text.contains("10.50.0.0/16 via 10.0.0.254"), "input kept");
+
+    // VLANs through the form. A bad ID: refused naming the field, input kept, no link.
+    assert!(text.contains("Add a VLAN"), "{text}");
+    let mut vlan = form.to_vec();
+    vlan.extend([
+        ("newvlan_parent", "eth0"),
+        ("newvlan_id", "4095"),
+        ("newvlan_name", ""),
+        ("newvlan_mode", "static"),
+        ("newvlan_addresses", "192.0.2.10/24"),
+        ("newvlan_mtu", ""),
+    ]);
+    let resp = http
+        .post(url("/appliance/network/ip"))
+        .form(&vlan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("vlans[0].id: 4095 is outside 1–4094"),
+        "{text}"
+    );
+    assert!(text.contains("value=\"4095\""), "input kept: {text}");
+    assert!(vlans(&ns.0).is_empty());
+    assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.4/24"]);
+
+    // A good one, where the kernel has 802.1Q: made, addressed, listed; undone.
+    if !vlan_capable(&ns.0) {
+        eprintln!("SKIPPED: the kernel cannot make VLANs: VLAN part of the console test");
+        return;
+    }
+    let at = vlan.iter().position(|(k, _)| *k == "newvlan_id").unwrap();
+    vlan[at] = ("newvlan_id", "100");
+    let resp = http
+        .post(url("/appliance/network/ip"))
+        .form(&vlan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(vlans(&ns.0), ["eth0.100 eth0 100"]);
+    assert_eq!(addresses(&ns.0, "eth0.100"), ["192.0.2.10/24"]);
+    // Not confirmed within the (2 s) window: the VLAN goes with the rest.
+    let t0 = Instant::now();
+    while !vlans(&ns.0).is_empty() || addresses(&ns.0, "eth0") != ["10.0.0.4/24"] {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not reverted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Listed on the page (applied through the API, with time to look), undone by the form.
+    let resp = http
+        .put(format!("{api}?confirm_seconds=60"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({
+            "interfaces": [
+                {"name": "eth0", "mode": "static", "addresses": ["10.0.0.4/24"]},
+                {"name": "eth0.100", "mode": "static", "addresses": ["192.0.2.10/24"]}
+            ],
+            "vlans": [{"parent": "eth0", "id": 100}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let page = http
+        .get(url("/appliance/network/ip"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<strong>eth0.100</strong> (VLAN 100 on eth0)"),
+        "{page}"
+    );
+    assert!(
+        page.contains("name=\"if1_vlan_id\" value=\"100\""),
+        "{page}"
+    );
+    let resp = http
+        .post(url("/appliance/network/cancel"))
+        .form(&[("csrf", form_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(vlans(&ns.0).is_empty());
+}
+
+/// VLANs in the namespace as `name parent id` (`ip -d -j link`).
+fn vlans(ns: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(&ip(ns, &["-d", "-j", "link", "show"])).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["linkinfo"]["info_kind"] == "vlan")
+        .map(|l| {
+            format!(
+                "{} {} {}",
+                l["ifname"].as_str().unwrap_or_default(),
+                l["link"].as_str().unwrap_or_default(),
+                l["linkinfo"]["info_data"]["id"]
+            )
+        })
+        .collect()
+}
+
+/// Can this kernel make a VLAN (`CONFIG_VLAN_8021Q`)? Tried on `eth0` and undone.
+fn vlan_capable(ns: &str) -> bool {
+    let ok = Command::new("ip")
+        .args(["-n", ns, "link", "add", "link", "eth0", "name", "probe.1"])
+        .args(["type", "vlan", "id", "1"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        ip(ns, &["link", "del", "probe.1"]);
+    }
+    ok
 }

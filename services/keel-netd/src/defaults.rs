@@ -63,6 +63,7 @@ mod tests {
         assert_eq!(c.interfaces[0].addresses[0].to_string(), "169.254.1.1/16");
         assert!(c.interfaces[1].addresses.is_empty());
         // It passes validation as is.
-        crate::validate::validate(&c, &[link("ens3", 2, true), link("ens4", 3, true)]).unwrap();
+        crate::validate::validate(&c, &[link("ens3", 2, true), link("ens4", 3, true)], &[])
+            .unwrap();
     }
 }

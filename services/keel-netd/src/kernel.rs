@@ -13,17 +13,34 @@ use ipnetwork::IpNetwork;
 use keel_api::NetLink;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{
-    LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+    InfoData, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVlan, RouteMessageBuilder};
 
-use crate::plan::{KernelPlan, LinkPlan, RoutePlan};
+use crate::plan::{KernelPlan, LinkPlan, RoutePlan, VlanPlan};
 
 /// Route protocol number that marks netd's routes (`ip route` shows `proto 77`):
 /// netd removes stale routes of its own and never touches anyone else's.
 pub const KEEL_PROTO: u8 = 77;
+
+/// Link alias that marks the VLANs netd created (`ip link show` prints `alias keel-netd`):
+/// netd removes such links when its configuration no longer has them, and never a
+/// link without it. Kept by the kernel, so it survives a restart of netd.
+pub const KEEL_ALIAS: &str = "keel-netd";
+
+/// A VLAN link as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelVlan {
+    pub name: String,
+    pub index: u32,
+    /// The parent link's name (empty when it lives in another namespace).
+    pub parent: String,
+    pub id: u16,
+    /// Created by netd: it carries `KEEL_ALIAS`.
+    pub netd: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -31,6 +48,9 @@ pub enum KernelError {
     Socket(#[from] std::io::Error),
     #[error("interface {0} does not exist")]
     NoSuchLink(String),
+    /// A link netd would create exists already and is not netd's: it is left alone.
+    #[error("{0}")]
+    Foreign(String),
     #[error("{what}: {source}")]
     Netlink {
         what: String,
@@ -97,6 +117,11 @@ impl Kernel {
 
     /// Every link with its addresses, sorted by index.
     pub async fn links(&self) -> Result<Vec<NetLink>, KernelError> {
+        Ok(self.inventory().await?.0)
+    }
+
+    /// Every link (sorted by index) and, of those, the VLANs with parent and ID.
+    pub async fn inventory(&self) -> Result<(Vec<NetLink>, Vec<KernelVlan>), KernelError> {
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -106,6 +131,8 @@ impl Kernel {
             .await
             .map_err(nl("listing links"))?;
         let addrs = self.addresses(None).await?;
+        // (link, its IFLA_LINK parent index, VLAN ID, alias) while names are still unknown.
+        let mut vlans: Vec<(u32, Option<u32>, u16, bool)> = Vec::new();
         let mut out: Vec<NetLink> = msgs
             .iter()
             .map(|m| {
@@ -113,6 +140,9 @@ impl Kernel {
                 let mut mac = String::new();
                 let mut mtu = 0;
                 let mut kind = None;
+                let mut vlan_id = None;
+                let mut parent = None;
+                let mut ours = false;
                 for a in &m.attributes {
                     match a {
                         LinkAttribute::IfName(n) => name = n.clone(),
@@ -124,20 +154,37 @@ impl Kernel {
                                 .join(":")
                         }
                         LinkAttribute::Mtu(v) => mtu = *v,
+                        LinkAttribute::Link(i) => parent = Some(*i),
+                        // A parent in another namespace: its index means nothing here.
+                        LinkAttribute::LinkNetNsId(_) => parent = Some(0),
+                        LinkAttribute::IfAlias(a) => ours = a == KEEL_ALIAS,
                         LinkAttribute::LinkInfo(infos) => {
                             for i in infos {
-                                if let LinkInfo::Kind(k) = i {
-                                    kind = Some(k.to_string());
+                                match i {
+                                    LinkInfo::Kind(k) => kind = Some(k.to_string()),
+                                    LinkInfo::Data(InfoData::Vlan(data)) => {
+                                        vlan_id = data.iter().find_map(|d| match d {
+                                            InfoVlan::Id(id) => Some(*id),
+                                            _ => None,
+                                        })
+                                    }
+                                    _ => {}
                                 }
                             }
                         }
                         _ => {}
                     }
                 }
+                let is_vlan = kind.as_deref() == Some("vlan");
+                if is_vlan {
+                    vlans.push((m.header.index, parent, vlan_id.unwrap_or(0), ours));
+                }
                 let ether = m.header.link_layer_type == LinkLayerType::Ether;
                 // Hardware ports have no link kind; test namespaces name veths eth*.
-                let wired =
-                    ether && (kind.is_none() || name.starts_with("eth") || name.starts_with("en"));
+                // A VLAN (eth0.100) is never a port of its own, whatever its name.
+                let wired = ether
+                    && !is_vlan
+                    && (kind.is_none() || name.starts_with("eth") || name.starts_with("en"));
                 NetLink {
                     index: m.header.index,
                     up: m.header.flags.contains(LinkFlags::Up),
@@ -155,7 +202,23 @@ impl Kernel {
             })
             .collect();
         out.sort_by_key(|l| l.index);
-        Ok(out)
+        let name_of = |index: u32| {
+            out.iter()
+                .find(|l| l.index == index)
+                .map(|l| l.name.clone())
+                .unwrap_or_default()
+        };
+        let vlans = vlans
+            .into_iter()
+            .map(|(index, parent, id, netd)| KernelVlan {
+                name: name_of(index),
+                index,
+                parent: parent.filter(|p| *p != 0).map(name_of).unwrap_or_default(),
+                id,
+                netd,
+            })
+            .collect();
+        Ok((out, vlans))
     }
 
     async fn addresses(&self, index: Option<u32>) -> Result<Vec<KernelAddress>, KernelError> {
@@ -206,7 +269,9 @@ impl Kernel {
     /// Brings the kernel to `plan`. Goes on past a missing link (it may appear later:
     /// the periodic re-apply picks it up) and reports the first error at the end.
     pub async fn apply(&self, plan: &KernelPlan) -> Result<(), KernelError> {
-        let links = self.link_indexes().await?;
+        let (all, vlans) = self.inventory().await?;
+        let mut links: HashMap<String, u32> =
+            all.iter().map(|l| (l.name.clone(), l.index)).collect();
         let mut first_err: Option<KernelError> = None;
         let mut note = |r: Result<(), KernelError>| {
             if let Err(e) = r {
@@ -214,20 +279,28 @@ impl Kernel {
                 first_err.get_or_insert(e);
             }
         };
+        let wanted = |links: &HashMap<String, u32>| -> Vec<(RoutePlan, u32)> {
+            plan.routes
+                .iter()
+                .filter_map(|r| links.get(&r.link).map(|i| (r.clone(), *i)))
+                .collect()
+        };
 
         // Stale routes first: a route through an address about to go would block nothing,
         // but one through a released link must not outlive netd's claim on it.
-        let wanted: Vec<(RoutePlan, u32)> = plan
-            .routes
-            .iter()
-            .filter_map(|r| links.get(&r.link).map(|i| (r.clone(), *i)))
-            .collect();
-        note(self.remove_stale_routes(&wanted).await);
+        note(self.remove_stale_routes(&wanted(&links)).await);
 
         for (name, addrs) in &plan.released {
             if let Some(&index) = links.get(name) {
                 note(self.release(index, addrs).await);
             }
+        }
+        let (changed, errors) = self.sync_vlans(&plan.vlans, &all, &vlans).await;
+        for e in errors {
+            note(Err(e));
+        }
+        if changed {
+            links = self.link_indexes().await?;
         }
         for l in &plan.links {
             let r = match Self::index_of(&links, &l.name) {
@@ -236,13 +309,118 @@ impl Kernel {
             };
             note(r);
         }
-        for (r, index) in &wanted {
+        for (r, index) in &wanted(&links) {
             note(self.add_route(r, *index).await);
         }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Removes the VLANs netd made that `want` no longer has (or has with another
+    /// parent or ID), then creates the missing ones. Links without netd's alias are
+    /// never removed. Returns whether a link came or went, and every error.
+    async fn sync_vlans(
+        &self,
+        want: &[VlanPlan],
+        links: &[NetLink],
+        vlans: &[KernelVlan],
+    ) -> (bool, Vec<KernelError>) {
+        let mut changed = false;
+        let mut errors = Vec::new();
+        let same =
+            |k: &KernelVlan, w: &VlanPlan| k.name == w.name && k.parent == w.parent && k.id == w.id;
+        for k in vlans.iter().filter(|k| k.netd) {
+            if want.iter().any(|w| same(k, w)) {
+                continue;
+            }
+            match self.handle.link().del(k.index).execute().await {
+                Ok(()) => {
+                    tracing::info!(link = %k.name, parent = %k.parent, id = k.id, "VLAN removed");
+                    changed = true;
+                }
+                Err(e) => errors.push(nl(format!("removing VLAN {}", k.name))(e)),
+            }
+        }
+        for w in want {
+            if let Some(k) = vlans.iter().find(|k| k.name == w.name) {
+                if k.netd && same(k, w) {
+                    continue;
+                }
+                if !k.netd {
+                    errors.push(KernelError::Foreign(format!(
+                        "{} exists already (VLAN {} on {}) and was not created by keel-netd; it is left alone",
+                        w.name, k.id, k.parent
+                    )));
+                    continue;
+                }
+            } else if links.iter().any(|l| l.name == w.name) {
+                errors.push(KernelError::Foreign(format!(
+                    "{} exists already and is not a VLAN of keel-netd; it is left alone",
+                    w.name
+                )));
+                continue;
+            }
+            if let Some(k) = vlans
+                .iter()
+                .find(|k| !k.netd && k.parent == w.parent && k.id == w.id)
+            {
+                errors.push(KernelError::Foreign(format!(
+                    "VLAN {} on {} exists already as {}, not created by keel-netd; it is left alone",
+                    w.id, w.parent, k.name
+                )));
+                continue;
+            }
+            let Some(parent) = links.iter().find(|l| l.name == w.parent) else {
+                errors.push(KernelError::NoSuchLink(w.parent.clone()));
+                continue;
+            };
+            match self.create_vlan(w, parent).await {
+                Ok(()) => changed = true,
+                Err(e) => errors.push(e),
+            }
+        }
+        (changed, errors)
+    }
+
+    async fn create_vlan(&self, w: &VlanPlan, parent: &NetLink) -> Result<(), KernelError> {
+        let mut b = LinkVlan::new(&w.name, parent.index, w.id);
+        // The kernel refuses to create a VLAN larger than its parent; a larger MTU waits
+        // for the parent (`apply_link` sets it once the parent has grown).
+        if let Some(m) = w.mtu.filter(|m| *m <= parent.mtu) {
+            b = b.mtu(m);
+        }
+        if w.up {
+            b = b.up();
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "creating VLAN {} (ID {} on {})",
+                w.name, w.id, w.parent
+            )))?;
+        // The mark goes on with a second message (creation ignores IFLA_IFALIAS). Without
+        // it netd would never remove the link: take it away again if marking fails.
+        let index = self.link_indexes().await?.get(&w.name).copied();
+        let Some(index) = index else {
+            return Err(KernelError::NoSuchLink(w.name.clone()));
+        };
+        let marked = self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(KEEL_ALIAS).build())
+            .execute()
+            .await;
+        if let Err(e) = marked {
+            let _ = self.handle.link().del(index).execute().await;
+            return Err(nl(format!("marking VLAN {}", w.name))(e));
+        }
+        tracing::info!(link = %w.name, parent = %w.parent, id = w.id, "VLAN created");
+        Ok(())
     }
 
     async fn release(&self, index: u32, addrs: &[IpNetwork]) -> Result<(), KernelError> {
@@ -285,7 +463,21 @@ impl Kernel {
             // No router advertisements on a static interface: its addresses are the list.
             self.sysctl_v6(&l.name, "accept_ra", "0");
         }
-        if let Some(want) = l.mtu.filter(|m| Some(*m) != mtu) {
+        let mut mtu_want = l.mtu.filter(|m| Some(*m) != mtu);
+        if let (Some(want), Some(parent)) = (mtu_want, &l.parent) {
+            // Validation keeps a VLAN within its parent's MTU; a parent that networkd
+            // (DHCP) is about to raise is not there yet: the periodic re-apply finishes.
+            let parent_mtu = self.mtu_of(parent).await?;
+            if parent_mtu.is_some_and(|p| want > p) {
+                tracing::warn!(
+                    "MTU {want} of {} waits for its parent {parent} (MTU {})",
+                    l.name,
+                    parent_mtu.unwrap_or_default()
+                );
+                mtu_want = None;
+            }
+        }
+        if let Some(want) = mtu_want {
             self.handle
                 .link()
                 .set(LinkUnspec::new_with_index(index).mtu(want).build())
@@ -348,6 +540,24 @@ impl Kernel {
                 .map_err(nl(format!("setting {} up/down", l.name)))?;
         }
         Ok(())
+    }
+
+    async fn mtu_of(&self, name: &str) -> Result<Option<u32>, KernelError> {
+        let msg = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl(format!("reading {name}")))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Mtu(v) => Some(v),
+                _ => None,
+            })
+        }))
     }
 
     fn sysctl_v6(&self, link: &str, key: &str, value: &str) {

@@ -21,6 +21,15 @@ use crate::plan::all_routes;
 /// file that matches a link.
 pub const NETWORKD_PREFIX: &str = "10-keel-netd-";
 
+/// Keeps networkd off every VLAN link no file of netd names (yet). netd creates
+/// VLANs over netlink while networkd runs with the files it read at its last start;
+/// without this, a new `eth0.100` would match the image's catch-all (`Name=en* eth*`,
+/// DHCP) until networkd restarts, and networkd would strip netd's static addresses
+/// off it. Always written, so it is loaded before the first VLAN appears. Sorts
+/// after every `10-keel-netd-<if>.network` (a DHCP VLAN's own file wins once loaded)
+/// and before `80-keel-wired.network`.
+pub const VLAN_CATCHALL: &str = "79-keel-netd-vlans.network";
+
 /// Where the rendered files go; `None` leaves that part alone (tests, laptops).
 #[derive(Debug, Clone, Default)]
 pub struct SystemFiles {
@@ -86,6 +95,10 @@ pub fn networkd_files(cfg: &NetConfig) -> BTreeMap<String, String> {
         }
         out.insert(format!("{NETWORKD_PREFIX}{}.network", iface.name), t);
     }
+    out.insert(
+        VLAN_CATCHALL.to_owned(),
+        format!("{HEADER}[Match]\nKind=vlan\n\n[Link]\nUnmanaged=yes\n"),
+    );
     out
 }
 
@@ -216,12 +229,49 @@ mod tests {
         }
         let st = &f["10-keel-netd-eth1.network"];
         assert!(st.contains("Unmanaged=yes"), "{st}");
+        let vlans = &f[VLAN_CATCHALL];
+        assert!(
+            vlans.contains("[Match]\nKind=vlan\n") && vlans.contains("Unmanaged=yes"),
+            "{vlans}"
+        );
         // The static link's gateway is netd's (netlink), not in any file.
         assert!(!dhcp.contains("192.0.2.1") && !st.contains("192.0.2.1"));
         assert_eq!(
             resolved_dropin(&cfg()).unwrap(),
             format!("{HEADER}[Resolve]\nDNS=192.0.2.53 2001:db8::53\nDomains=example.org\n")
         );
+    }
+
+    #[test]
+    fn a_dhcp_vlan_is_networkds_by_name() {
+        let mut c = cfg();
+        c.interfaces.push(
+            serde_json::from_value(serde_json::json!(
+                {"name": "eth1.100", "mode": "dhcp", "mtu": 1400}
+            ))
+            .unwrap(),
+        );
+        c.vlans = vec![keel_api::VlanConfig {
+            name: None,
+            parent: "eth1".into(),
+            id: 100,
+        }];
+        let f = networkd_files(&c);
+        let v = &f["10-keel-netd-eth1.100.network"];
+        assert!(
+            v.contains("[Match]\nName=eth1.100\n") && v.contains("DHCP=yes\n"),
+            "{v}"
+        );
+        assert!(v.contains("MTUBytes=1400\n"), "{v}");
+        // netd made the link: the parent's file does not ask networkd for one (VLAN=).
+        assert!(!f["10-keel-netd-eth1.network"].contains("VLAN="));
+        // Its own file sorts before the catch-all that keeps networkd off other VLANs.
+        let names: Vec<&String> = f.keys().collect();
+        let own = names
+            .iter()
+            .position(|n| *n == "10-keel-netd-eth1.100.network");
+        let all = names.iter().position(|n| *n == VLAN_CATCHALL);
+        assert!(own < all, "{names:?}");
     }
 
     #[test]

@@ -250,8 +250,8 @@ impl Netd {
             }])
             .into());
         }
-        let links = self.kernel.links().await?;
-        let proposed = validate(&req.config, &links)?;
+        let (links, vlans) = self.kernel.inventory().await?;
+        let proposed = validate(&req.config, &links, &vlans)?;
         let previous = st.confirmed.clone();
         let started = Instant::now();
         if let Err(e) = self.apply(&proposed, Some(&previous)).await {

@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use keel_api::{AddressMode, NetConfig, NetLink};
+use keel_api::{AddressMode, NetConfig, NetLink, VLAN_ID_MAX, VLAN_ID_MIN};
+
+use crate::kernel::KernelVlan;
 
 pub const MAX_INTERFACES: usize = 64;
 pub const MAX_ADDRESSES: usize = 64;
@@ -93,10 +95,13 @@ pub fn normalize_mac(mac: &str) -> Option<String> {
     Some(parts.join(":").to_ascii_lowercase())
 }
 
+/// The kernel's limit on interface names (`IFNAMSIZ` less the NUL).
+pub const MAX_IFNAME: usize = 15;
+
 /// Kernel interface names: 1–15 bytes, no `/`, no whitespace, not `.` or `..`.
 fn interface_name_ok(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 15
+        && name.len() <= MAX_IFNAME
         && name != "."
         && name != ".."
         && name
@@ -164,9 +169,14 @@ fn usable_host_address(a: &IpNetwork) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks `cfg` against the links the kernel has; returns it normalized (MACs and
-/// names lowercased, NTP entries trimmed) or every problem found.
-pub fn validate(cfg: &NetConfig, links: &[NetLink]) -> Result<NetConfig, ValidationError> {
+/// Checks `cfg` against the links the kernel has (`vlans`: those of them that are
+/// VLANs); returns it normalized (MACs and names lowercased, NTP entries trimmed) or
+/// every problem found.
+pub fn validate(
+    cfg: &NetConfig,
+    links: &[NetLink],
+    vlans: &[KernelVlan],
+) -> Result<NetConfig, ValidationError> {
     let mut out = cfg.clone();
     let mut e = Errors(Vec::new());
 
@@ -174,6 +184,8 @@ pub fn validate(cfg: &NetConfig, links: &[NetLink]) -> Result<NetConfig, Validat
         e.add("interfaces", format!("at most {MAX_INTERFACES} interfaces"));
     }
     let known: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+    // VLAN links netd is to create: interfaces by these names need not exist yet.
+    let vlan_names: Vec<String> = cfg.vlans.iter().map(|v| v.link_name()).collect();
     let mut connected: Vec<Connected> = Vec::new();
     // (address, field) of every address seen, to catch duplicates across interfaces.
     let mut seen: Vec<(IpAddr, String)> = Vec::new();
@@ -197,8 +209,9 @@ pub fn validate(cfg: &NetConfig, links: &[NetLink]) -> Result<NetConfig, Validat
                 format!("interface {name} is listed twice"),
             );
         }
+        let is_vlan = vlan_names.contains(&iface.name);
         let link = links.iter().find(|l| l.name == iface.name);
-        if interface_name_ok(name) && name != "lo" && link.is_none() {
+        if interface_name_ok(name) && name != "lo" && link.is_none() && !is_vlan {
             let by_mac = iface
                 .mac
                 .as_deref()
@@ -213,7 +226,12 @@ pub fn validate(cfg: &NetConfig, links: &[NetLink]) -> Result<NetConfig, Validat
                 format!("unknown interface {name:?}{hint}"),
             );
         }
-        if let Some(mac) = &iface.mac {
+        if let (Some(_), true) = (&iface.mac, is_vlan) {
+            e.add(
+                format!("{f}.mac"),
+                format!("{name} is a VLAN: it takes its parent's MAC; pin the MAC on the parent"),
+            );
+        } else if let Some(mac) = &iface.mac {
             match normalize_mac(mac) {
                 None => e.add(
                     format!("{f}.mac"),
@@ -299,6 +317,8 @@ pub fn validate(cfg: &NetConfig, links: &[NetLink]) -> Result<NetConfig, Validat
             });
         }
     }
+
+    check_vlans(cfg, links, vlans, &vlan_names, &mut e);
 
     // The console must keep at least one way in.
     let reachable = cfg.interfaces.iter().any(|i| {
@@ -496,10 +516,193 @@ pub fn validate(cfg: &NetConfig, links: &[NetLink]) -> Result<NetConfig, Validat
     }
 }
 
+/// VLANs: ID, parent, name, their interface entry, and what the kernel has already.
+fn check_vlans(
+    cfg: &NetConfig,
+    links: &[NetLink],
+    kernel: &[KernelVlan],
+    names: &[String],
+    e: &mut Errors,
+) {
+    if cfg.vlans.len() > MAX_INTERFACES {
+        e.add("vlans", format!("at most {MAX_INTERFACES} VLANs"));
+    }
+    let ports: Vec<&str> = cfg
+        .interfaces
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !names.iter().any(|v| v == n))
+        .collect();
+    for (k, v) in cfg.vlans.iter().enumerate() {
+        let f = format!("vlans[{k}]");
+        let name = &names[k];
+        let id_ok = (VLAN_ID_MIN..=VLAN_ID_MAX).contains(&v.id);
+        if !id_ok {
+            e.add(
+                format!("{f}.id"),
+                format!(
+                    "{} is outside {VLAN_ID_MIN}–{VLAN_ID_MAX} (802.1Q reserves 0 and 4095)",
+                    v.id
+                ),
+            );
+        } else if let Some(o) = cfg.vlans[..k]
+            .iter()
+            .position(|o| o.parent == v.parent && o.id == v.id)
+        {
+            e.add(
+                format!("{f}.id"),
+                format!(
+                    "VLAN {} on {} is listed twice (also vlans[{o}])",
+                    v.id, v.parent
+                ),
+            );
+        }
+
+        let parent = cfg.interfaces.iter().position(|i| i.name == v.parent);
+        let parent_is_vlan = names.contains(&v.parent)
+            || links
+                .iter()
+                .any(|l| l.name == v.parent && l.kind.as_deref() == Some("vlan"));
+        if parent_is_vlan {
+            e.add(
+                format!("{f}.parent"),
+                format!(
+                    "{} is itself a VLAN; a VLAN goes on a port (stacked VLANs are not supported)",
+                    v.parent
+                ),
+            );
+        } else if parent.is_none() {
+            e.add(
+                format!("{f}.parent"),
+                format!(
+                    "unknown parent {:?}: not an interface of this configuration (interfaces: {})",
+                    v.parent,
+                    ports.join(", ")
+                ),
+            );
+        }
+
+        let name_field = format!("{f}.name");
+        let mut name_ok = true;
+        if name.len() > MAX_IFNAME {
+            name_ok = false;
+            let what = if v.name.is_some() {
+                format!("{name:?} is")
+            } else {
+                format!("the default name {name:?} (<parent>.<id>) is")
+            };
+            e.add(
+                &name_field,
+                format!(
+                    "{what} longer than {MAX_IFNAME} characters, the kernel's limit: set a shorter name"
+                ),
+            );
+        } else if !interface_name_ok(name)
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            // The name goes into networkd's `Name=`, where `*`, `?` and `[` are globs
+            // that would match other links.
+            name_ok = false;
+            e.add(
+                &name_field,
+                format!(
+                    "{name:?} is not a VLAN name (letters, digits, '.', '-' and '_', at most {MAX_IFNAME})"
+                ),
+            );
+        } else if let Some(o) = names[..k].iter().position(|o| o == name) {
+            name_ok = false;
+            e.add(
+                &name_field,
+                format!("{name} is already the name of vlans[{o}]"),
+            );
+        }
+
+        // Links netd did not make are never taken over (nor removed later).
+        let foreign = |l: &&NetLink| !kernel.iter().any(|k| k.index == l.index && k.netd);
+        if let Some(l) = links.iter().filter(foreign).find(|l| l.name == *name) {
+            name_ok = false;
+            let what = match kernel.iter().find(|k| k.index == l.index) {
+                Some(k) => format!("a VLAN ({} on {}) ", k.id, k.parent),
+                None => String::new(),
+            };
+            e.add(
+                &name_field,
+                format!(
+                    "{name} exists already as {what}not created by keel-netd, which leaves it alone (remove it with `ip link del {name}` first, or choose another name)"
+                ),
+            );
+        }
+        if let Some(k) = kernel
+            .iter()
+            .find(|k| !k.netd && k.parent == v.parent && k.id == v.id && k.name != *name)
+        {
+            if id_ok {
+                e.add(
+                    format!("{f}.id"),
+                    format!(
+                        "VLAN {} on {} exists already as {}, not created by keel-netd (the kernel allows one link per ID on a port)",
+                        v.id, v.parent, k.name
+                    ),
+                );
+            }
+        }
+        if !name_ok {
+            continue;
+        }
+
+        let Some(j) = cfg.interfaces.iter().position(|i| i.name == *name) else {
+            e.add(
+                &f,
+                format!(
+                    "VLAN {name} has no entry in interfaces: add one, e.g. {{\"name\": \"{name}\", \"mode\": \"static\", \"addresses\": [...]}}"
+                ),
+            );
+            continue;
+        };
+        let iface = &cfg.interfaces[j];
+        let Some(p) = parent
+            .filter(|_| !parent_is_vlan)
+            .map(|p| &cfg.interfaces[p])
+        else {
+            continue;
+        };
+        // The kernel refuses a VLAN larger than its parent.
+        let parent_mtu = p.mtu.or_else(|| {
+            links
+                .iter()
+                .find(|l| l.name == p.name)
+                .map(|l| l.mtu)
+                .filter(|m| *m > 0)
+        });
+        if let (Some(mtu), Some(pm)) = (iface.mtu, parent_mtu) {
+            if mtu > pm {
+                e.add(
+                    format!("interfaces[{j}].mtu"),
+                    format!(
+                        "{mtu} is above the MTU of {}, the parent of VLAN {name} ({pm})",
+                        p.name
+                    ),
+                );
+            }
+        }
+        if iface.enabled && !p.enabled {
+            e.add(
+                format!("interfaces[{j}].enabled"),
+                format!(
+                    "VLAN {name} is enabled but its parent {} is disabled: it would carry nothing",
+                    p.name
+                ),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_api::{InterfaceConfig, StaticRoute};
+    use keel_api::{InterfaceConfig, StaticRoute, VlanConfig};
 
     fn link(name: &str, mac: &str) -> NetLink {
         NetLink {
@@ -555,7 +758,7 @@ mod tests {
 
     /// The fields named by the errors of `cfg`.
     fn fields(cfg: &NetConfig) -> Vec<String> {
-        validate(cfg, &links())
+        validate(cfg, &links(), &[])
             .unwrap_err()
             .0
             .into_iter()
@@ -567,7 +770,7 @@ mod tests {
     fn a_good_config_passes_normalized() {
         let mut c = good();
         c.interfaces[0].mac = Some("52-54-00-00-00-01".into());
-        let v = validate(&c, &links()).unwrap();
+        let v = validate(&c, &links(), &[]).unwrap();
         assert_eq!(v.hostname, "keel-1.example.org");
         assert_eq!(v.interfaces[0].mac.as_deref(), Some("52:54:00:00:00:01"));
         assert_eq!(v.ntp_servers, vec!["ntp.example.org", "192.0.2.123:123"]);
@@ -578,7 +781,7 @@ mod tests {
         let mut c = good();
         c.interfaces[1].addresses = vec!["192.0.2.200/25".parse().unwrap()];
         c.routes.clear();
-        let err = validate(&c, &links()).unwrap_err();
+        let err = validate(&c, &links(), &[]).unwrap_err();
         assert_eq!(err.fields(), ["interfaces[1].addresses[0]"], "{err}");
         assert!(
             err.to_string().contains("overlaps 192.0.2.0/24 on eth0"),
@@ -589,14 +792,14 @@ mod tests {
         c.interfaces[0]
             .addresses
             .push("192.0.2.11/24".parse().unwrap());
-        validate(&c, &links()).unwrap();
+        validate(&c, &links(), &[]).unwrap();
     }
 
     #[test]
     fn gateway_outside_every_connected_subnet() {
         let mut c = good();
         c.gateway4 = Some("203.0.113.1".parse().unwrap());
-        let err = validate(&c, &links()).unwrap_err();
+        let err = validate(&c, &links(), &[]).unwrap_err();
         assert_eq!(err.fields(), ["gateway4"]);
         assert!(
             err.to_string().contains("outside every connected subnet"),
@@ -624,7 +827,7 @@ mod tests {
         c.interfaces[1]
             .addresses
             .push("192.0.2.10/24".parse().unwrap());
-        let err = validate(&c, &links()).unwrap_err();
+        let err = validate(&c, &links(), &[]).unwrap_err();
         assert_eq!(err.fields(), ["interfaces[1].addresses[1]"]);
         assert!(
             err.to_string()
@@ -666,7 +869,7 @@ mod tests {
         c.gateway4 = None;
         c.gateway6 = None;
         c.routes.clear();
-        let err = validate(&c, &links()).unwrap_err();
+        let err = validate(&c, &links(), &[]).unwrap_err();
         assert_eq!(err.fields(), ["interfaces"]);
         assert!(err.to_string().contains("no address"), "{err}");
         let c = NetConfig::default();
@@ -684,7 +887,7 @@ mod tests {
         assert_eq!(fields(&c), ["interfaces"]);
         // DHCP counts.
         c.interfaces[1].mode = AddressMode::Dhcp;
-        validate(&c, &links()).unwrap();
+        validate(&c, &links(), &[]).unwrap();
     }
 
     #[test]
@@ -717,21 +920,21 @@ mod tests {
         let mut c = good();
         c.interfaces[1].addresses = vec!["198.51.100.0/31".parse().unwrap()];
         c.routes[0].gateway = "198.51.100.1".parse().unwrap();
-        validate(&c, &links()).unwrap();
+        validate(&c, &links(), &[]).unwrap();
     }
 
     #[test]
     fn unknown_interface_and_wrong_mac() {
         let mut c = good();
         c.interfaces[1].name = "eth7".into();
-        let err = validate(&c, &links()).unwrap_err();
+        let err = validate(&c, &links(), &[]).unwrap_err();
         assert_eq!(err.fields(), ["interfaces[1].name"]);
         assert!(
             err.to_string().contains("appliance has: eth0, eth1"),
             "{err}"
         );
         c.interfaces[1].mac = Some("52:54:00:00:00:02".into());
-        let err = validate(&c, &links()).unwrap_err();
+        let err = validate(&c, &links(), &[]).unwrap_err();
         assert!(
             err.to_string().contains("that MAC belongs to eth1"),
             "{err}"
@@ -752,6 +955,262 @@ mod tests {
         c.interfaces[1].name = "eth0".into();
         c.routes.clear();
         assert!(fields(&c).contains(&"interfaces[1].name".to_string()));
+    }
+
+    /// `good()` plus VLAN 100 on eth0 (static) and `guest` (VLAN 7 on eth1, DHCP).
+    fn with_vlans() -> NetConfig {
+        let mut c = good();
+        c.interfaces.push(iface(
+            "eth0.100",
+            &["203.0.113.10/24", "2001:db8:100::10/64"],
+        ));
+        let mut guest = iface("guest", &[]);
+        guest.mode = AddressMode::Dhcp;
+        c.interfaces.push(guest);
+        c.vlans = vec![
+            VlanConfig {
+                name: None,
+                parent: "eth0".into(),
+                id: 100,
+            },
+            VlanConfig {
+                name: Some("guest".into()),
+                parent: "eth1".into(),
+                id: 7,
+            },
+        ];
+        c
+    }
+
+    fn kvlan(name: &str, index: u32, parent: &str, id: u16, netd: bool) -> KernelVlan {
+        KernelVlan {
+            name: name.into(),
+            index,
+            parent: parent.into(),
+            id,
+            netd,
+        }
+    }
+
+    #[test]
+    fn vlans_are_interfaces_netd_creates() {
+        let c = with_vlans();
+        let v = validate(&c, &links(), &[]).unwrap();
+        assert_eq!(v.vlans, c.vlans);
+        // Routes and gateways may go out of a VLAN like out of a port.
+        let mut c = with_vlans();
+        c.routes[0] = StaticRoute {
+            destination: "10.30.0.0/16".parse().unwrap(),
+            gateway: "203.0.113.1".parse().unwrap(),
+            interface: Some("eth0.100".into()),
+            metric: None,
+        };
+        validate(&c, &links(), &[]).unwrap();
+        // One that netd made earlier is fine, even with another ID: netd replaces it.
+        let mut l = links();
+        l.push(NetLink {
+            kind: Some("vlan".into()),
+            wired: false,
+            index: 9,
+            ..link("eth0.100", "52:54:00:00:00:01")
+        });
+        validate(
+            &with_vlans(),
+            &l,
+            &[kvlan("eth0.100", 9, "eth0", 200, true)],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn vlan_id_parent_and_duplicates() {
+        for (id, why) in [(0, "0 is outside 1–4094"), (4095, "4095 is outside 1–4094")] {
+            let mut c = with_vlans();
+            c.vlans[0].id = id;
+            c.interfaces[2].name = format!("eth0.{id}");
+            let err = validate(&c, &links(), &[]).unwrap_err();
+            assert_eq!(err.fields(), ["vlans[0].id"], "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let mut c = with_vlans();
+        c.vlans[0].parent = "eth9".into();
+        c.vlans[0].name = Some("eth0.100".into());
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert_eq!(err.fields(), ["vlans[0].parent"], "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown parent \"eth9\": not an interface of this configuration (interfaces: eth0, eth1)"),
+            "{err}"
+        );
+        // A port the kernel has but the configuration does not list is no parent either.
+        let mut l = links();
+        l.push(link("eth2", "52:54:00:00:00:03"));
+        c.vlans[0].parent = "eth2".into();
+        assert_eq!(
+            validate(&c, &l, &[]).unwrap_err().fields(),
+            ["vlans[0].parent"]
+        );
+        // A VLAN on a VLAN.
+        let mut c = with_vlans();
+        c.vlans[1].parent = "eth0.100".into();
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert_eq!(err.fields(), ["vlans[1].parent"], "{err}");
+        assert!(err.to_string().contains("is itself a VLAN"), "{err}");
+        // The same ID twice on one parent, under two names.
+        let mut c = with_vlans();
+        c.vlans[1].parent = "eth0".into();
+        c.vlans[1].id = 100;
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert_eq!(err.fields(), ["vlans[1].id"], "{err}");
+        assert!(
+            err.to_string()
+                .contains("VLAN 100 on eth0 is listed twice (also vlans[0])"),
+            "{err}"
+        );
+        // The same ID on two parents is fine.
+        let mut c = with_vlans();
+        c.vlans[1].id = 100;
+        validate(&c, &links(), &[]).unwrap();
+        // Two VLANs by one name.
+        let mut c = with_vlans();
+        c.vlans[1].name = Some("eth0.100".into());
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert!(err.fields().contains(&"vlans[1].name"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("eth0.100 is already the name of vlans[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vlan_names() {
+        // The default name <parent>.<id> may be too long for the kernel.
+        let mut l = links();
+        l.push(link("enx525400000003", "52:54:00:00:00:03"));
+        let mut c = with_vlans();
+        c.interfaces.push(iface("enx525400000003", &[]));
+        c.interfaces.push(iface("enx525400000003.1000", &[]));
+        c.vlans.push(VlanConfig {
+            name: None,
+            parent: "enx525400000003".into(),
+            id: 1000,
+        });
+        let err = validate(&c, &l, &[]).unwrap_err();
+        // Its interface entry, by the same name, is refused too.
+        assert_eq!(
+            err.fields(),
+            ["interfaces[5].name", "vlans[2].name"],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(
+                "the default name \"enx525400000003.1000\" (<parent>.<id>) is longer than 15 characters"
+            ),
+            "{err}"
+        );
+        c.vlans[2].name = Some("lan1000".into());
+        c.interfaces.last_mut().unwrap().name = "lan1000".into();
+        validate(&c, &l, &[]).unwrap();
+        for bad in ["a b", "x/y", "", "e*", "v[1]", "..", "a:b"] {
+            let mut c = with_vlans();
+            c.vlans[1].name = Some(bad.into());
+            assert!(fields(&c).contains(&"vlans[1].name".to_string()), "{bad:?}");
+        }
+        // A VLAN needs its interface entry (its addresses, mode, MTU).
+        let mut c = with_vlans();
+        c.interfaces.pop();
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert_eq!(err.fields(), ["vlans[1]"], "{err}");
+        assert!(
+            err.to_string()
+                .contains("VLAN guest has no entry in interfaces"),
+            "{err}"
+        );
+        // An interface entry for a VLAN nobody declared is an unknown interface still.
+        let mut c = with_vlans();
+        c.vlans.pop();
+        assert_eq!(fields(&c), ["interfaces[3].name"]);
+    }
+
+    #[test]
+    fn links_netd_did_not_make_are_left_alone() {
+        // A port by the VLAN's name.
+        let mut c = with_vlans();
+        c.vlans[1].name = Some("eth1".into());
+        c.interfaces[3].name = "eth1".into();
+        c.interfaces.remove(1);
+        c.routes.clear();
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert!(err.fields().contains(&"vlans[1].name"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("eth1 exists already as not created by keel-netd"),
+            "{err}"
+        );
+        // A VLAN someone made by hand, by the same name or with the same ID.
+        let mut l = links();
+        l.push(NetLink {
+            kind: Some("vlan".into()),
+            wired: false,
+            index: 9,
+            ..link("eth0.100", "52:54:00:00:00:01")
+        });
+        let k = [kvlan("eth0.100", 9, "eth0", 100, false)];
+        let err = validate(&with_vlans(), &l, &k).unwrap_err();
+        assert_eq!(err.fields(), ["vlans[0].name"], "{err}");
+        assert!(err.to_string().contains("ip link del eth0.100"), "{err}");
+        l[2].name = "hand".into();
+        let k = [kvlan("hand", 9, "eth0", 100, false)];
+        let err = validate(&with_vlans(), &l, &k).unwrap_err();
+        assert_eq!(err.fields(), ["vlans[0].id"], "{err}");
+        assert!(
+            err.to_string()
+                .contains("VLAN 100 on eth0 exists already as hand"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vlan_mtu_mac_and_enabled_follow_the_parent() {
+        let mut c = with_vlans();
+        c.interfaces[0].mtu = Some(1400);
+        c.interfaces[2].mtu = Some(1500);
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert_eq!(err.fields(), ["interfaces[2].mtu"], "{err}");
+        assert!(
+            err.to_string()
+                .contains("1500 is above the MTU of eth0, the parent of VLAN eth0.100 (1400)"),
+            "{err}"
+        );
+        c.interfaces[2].mtu = Some(1400);
+        validate(&c, &links(), &[]).unwrap();
+        // Without an MTU of its own in the configuration the parent has the kernel's.
+        let mut c = with_vlans();
+        c.interfaces[2].mtu = Some(9000);
+        assert_eq!(fields(&c), ["interfaces[2].mtu"]);
+        c.interfaces[0].mtu = Some(9000);
+        validate(&c, &links(), &[]).unwrap();
+        // A VLAN's MAC is its parent's.
+        let mut c = with_vlans();
+        c.interfaces[2].mac = Some("52:54:00:00:00:01".into());
+        assert_eq!(fields(&c), ["interfaces[2].mac"]);
+        // A VLAN on a disabled port carries nothing.
+        let mut c = with_vlans();
+        c.interfaces[1].enabled = false;
+        c.routes.clear();
+        let err = validate(&c, &links(), &[]).unwrap_err();
+        assert_eq!(err.fields(), ["interfaces[3].enabled"], "{err}");
+        c.interfaces[3].enabled = false;
+        validate(&c, &links(), &[]).unwrap();
+    }
+
+    #[test]
+    fn vlan_id_beyond_16_bits_is_a_json_error_naming_the_field() {
+        let body = r#"{"vlans":[{"parent":"eth0","id":70000}]}"#;
+        let de = &mut serde_json::Deserializer::from_str(body);
+        let err = serde_path_to_error::deserialize::<_, NetConfig>(de).unwrap_err();
+        assert_eq!(err.path().to_string(), "vlans[0].id");
     }
 
     #[test]
@@ -792,6 +1251,6 @@ mod tests {
         assert_eq!(fields(&c), ["gateway6"]);
         c.interfaces[1].enabled = false;
         c.routes.clear();
-        validate(&c, &links()).unwrap();
+        validate(&c, &links(), &[]).unwrap();
     }
 }

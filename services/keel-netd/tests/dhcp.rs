@@ -28,24 +28,29 @@ impl Drop for Proc {
 }
 
 fn dnsmasq(ns: &Netns, dir: &Path) -> Proc {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "dnsmasq",
-            "--no-daemon",
-            "--port=0",
-        ])
-        .args([
-            "--interface=srv0",
-            "--bind-interfaces",
-            "--conf-file=/dev/null",
-            "-u",
-            "root",
-        ])
-        .arg("--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,1h")
-        .arg("--dhcp-option=option:router,10.77.0.1")
+    dnsmasq_on(ns, dir, &[("srv0", "10.77.0")])
+}
+
+/// dnsmasq serving `NET.50`–`NET.60` (router `NET.1`) on each `(interface, NET)`.
+fn dnsmasq_on(ns: &Netns, dir: &Path, nets: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.name,
+        "dnsmasq",
+        "--no-daemon",
+        "--port=0",
+    ])
+    .args(["--bind-interfaces", "--conf-file=/dev/null", "-u", "root"]);
+    for (iface, net) in nets {
+        cmd.arg(format!("--interface={iface}"))
+            .arg(format!("--dhcp-range={net}.50,{net}.60,255.255.255.0,1h"));
+    }
+    if let [(_, net)] = nets {
+        cmd.arg(format!("--dhcp-option=option:router,{net}.1"));
+    }
+    let child = cmd
         .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
         .stdout(Stdio::null())
@@ -57,7 +62,8 @@ fn dnsmasq(ns: &Netns, dir: &Path) -> Proc {
 
 /// networkd in `ns`, in a mount namespace of its own where `/run/systemd/network`
 /// is netd's rendered directory and the host's own files (and /run) are out of sight. /sys is
-/// read-only there, so networkd does not wait for a udev that does not run.
+/// read-only there, so networkd does not wait for a udev that does not run. Its log
+/// goes to `networkd.log` beside `rendered` (started anew each time).
 fn networkd(ns: &Netns, rendered: &Path) -> Proc {
     let script = format!(
         "mount --make-rprivate / && mount -o remount,ro /sys && \
@@ -71,10 +77,22 @@ fn networkd(ns: &Netns, rendered: &Path) -> Proc {
             "netns", "exec", &ns.name, "unshare", "-m", "sh", "-c", &script,
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(networkd_log(rendered)).expect("networkd.log"))
         .spawn()
         .expect("systemd-networkd");
     Proc(child)
+}
+
+fn networkd_log(rendered: &Path) -> std::path::PathBuf {
+    rendered.with_file_name("networkd.log")
+}
+
+/// Waits until the networkd just started has read its files and listed the links.
+fn wait_enumerated(rendered: &Path) {
+    wait_for("networkd to start", Duration::from_secs(30), || {
+        std::fs::read_to_string(networkd_log(rendered))
+            .is_ok_and(|l| l.contains("Enumeration completed"))
+    });
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -85,17 +103,24 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
-    need_netns!();
+/// Why the DHCP tests cannot run here (no dnsmasq, unshare or networkd), if they cannot.
+fn tools_missing() -> Option<String> {
     for (tool, why) in [("dnsmasq", "dnsmasq"), ("unshare", "util-linux unshare")] {
         if Command::new(tool).arg("--version").output().is_err() {
-            eprintln!("SKIPPED: no {why}: DHCP test skipped");
-            return;
+            return Some(format!("no {why}: DHCP test skipped"));
         }
     }
     if !Path::new(NETWORKD).exists() {
-        eprintln!("SKIPPED: no {NETWORKD}: DHCP test skipped");
+        return Some(format!("no {NETWORKD}: DHCP test skipped"));
+    }
+    None
+}
+
+#[test]
+fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
+    need_netns!();
+    if let Some(why) = tools_missing() {
+        eprintln!("SKIPPED: {why}");
         return;
     }
     let app = Netns::new("dhcp-app");
@@ -204,6 +229,131 @@ fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
         "{:?}",
         app.routes(false)
     );
+    tx.send("stop").unwrap();
+    netd_thread.join().unwrap();
+}
+
+/// VLANs beside the real networkd, with the image's catch-all (DHCP on `en* eth*`)
+/// loaded: netd creates a static and a DHCP VLAN while networkd runs with its old
+/// files. networkd must leave both alone (netd's `79-keel-netd-vlans.network`),
+/// although dnsmasq offers leases on both; once restarted it runs DHCP on the DHCP
+/// one only. Unconfirmed, both go.
+#[test]
+fn vlans_beside_networkd_static_left_alone_dhcp_gets_a_lease() {
+    need_vlans!();
+    if let Some(why) = tools_missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let app = Netns::new("vdhcp-app");
+    let srv = Netns::new("vdhcp-srv");
+    app.veth("eth0", "srv0", Some(&srv));
+    for (id, net) in [("100", "10.78.0"), ("7", "10.79.0")] {
+        let dev = format!("srv0.{id}");
+        srv.ip(&[
+            "link", "add", "link", "srv0", "name", &dev, "type", "vlan", "id", id,
+        ]);
+        srv.ip(&["addr", "add", &format!("{net}.1/24"), "dev", &dev]);
+        srv.ip(&["link", "set", &dev, "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _dnsmasq = dnsmasq_on(
+        &srv,
+        dir.path(),
+        &[("srv0.100", "10.78.0"), ("srv0.7", "10.79.0")],
+    );
+
+    let rendered = dir.path().join("network");
+    std::fs::create_dir_all(&rendered).unwrap();
+    // The image's catch-all, beside netd's files as on the appliance (there it is in /etc).
+    let wired = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../overlay/etc/systemd/network/80-keel-wired.network");
+    std::fs::copy(wired, rendered.join("80-keel-wired.network")).unwrap();
+    let confirmed = serde_json::json!({"interfaces": [
+        {"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/24"]}]});
+    std::fs::create_dir_all(dir.path().join("data/net")).unwrap();
+    std::fs::write(
+        dir.path().join("data/net/config.json"),
+        confirmed.to_string(),
+    )
+    .unwrap();
+    let mut s = Settings::new(&dir.path().join("data"), &dir.path().join("run"));
+    s.files.networkd_dir = Some(rendered.clone());
+    let path = app.path();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let (back, done) = std::sync::mpsc::channel::<()>();
+    let netd_thread = std::thread::spawn(move || {
+        keel_netd::netns::run_in(&path, move || async move {
+            let netd = Netd::start(s, Kernel::connect().unwrap()).await.unwrap();
+            back.send(()).unwrap();
+            while let Some(step) = rx.recv().await {
+                match step {
+                    "vlans" => {
+                        let c = serde_json::from_value(serde_json::json!({
+                            "interfaces": [
+                                {"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/24"]},
+                                {"name": "eth0.100", "mode": "static",
+                                 "addresses": ["10.78.0.200/24"]},
+                                {"name": "eth0.7", "mode": "dhcp"}
+                            ],
+                            "vlans": [{"parent": "eth0", "id": 100}, {"parent": "eth0", "id": 7}]
+                        }))
+                        .unwrap();
+                        netd.propose(keel_api::NetChangeRequest {
+                            config: c,
+                            owner: "test".into(),
+                            confirm_seconds: Some(300),
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    "cancel" => netd.cancel("test").await.unwrap(),
+                    _ => break,
+                }
+                back.send(()).unwrap();
+            }
+        })
+        .unwrap();
+    });
+    done.recv().unwrap();
+    assert!(rendered.join("79-keel-netd-vlans.network").exists());
+    let _nd = networkd(&app, &rendered);
+    wait_enumerated(&rendered);
+
+    // Created while networkd runs with the files it started with.
+    tx.send("vlans").unwrap();
+    done.recv().unwrap();
+    let lease = |a: &[String], net: &str| {
+        a.iter()
+            .any(|x| x.starts_with(&format!("{net}.5")) || x.starts_with(&format!("{net}.60")))
+    };
+    // Give networkd every chance to take them under the catch-all: without netd's
+    // VLAN file it has a lease on both well within this (and a 169.254 address on
+    // the static one). The log names the file each link got.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(12) {
+        let log = || std::fs::read_to_string(networkd_log(&rendered)).unwrap_or_default();
+        assert_eq!(app.addresses("eth0.100"), ["10.78.0.200/24"], "{}", log());
+        assert!(
+            app.addresses("eth0.7").is_empty(),
+            "{:?}\n{}",
+            app.addresses("eth0.7"),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The restart netd asked for (keel-netd-reload on the image): DHCP on eth0.7 only.
+    drop(_nd);
+    let _nd = networkd(&app, &rendered);
+    wait_for("a lease on the DHCP VLAN", Duration::from_secs(30), || {
+        lease(&app.addresses("eth0.7"), "10.79.0")
+    });
+    assert_eq!(app.addresses("eth0.100"), ["10.78.0.200/24"]);
+
+    tx.send("cancel").unwrap();
+    done.recv().unwrap();
+    assert!(app.vlans().is_empty(), "{:?}", app.vlans());
     tx.send("stop").unwrap();
     netd_thread.join().unwrap();
 }

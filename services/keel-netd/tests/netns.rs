@@ -362,3 +362,286 @@ fn factory_default_is_dhcp_with_the_fallback_on_the_first_port() {
         "nothing confirmed yet"
     );
 }
+
+/// `base()` plus VLAN 100 on eth0, static, with an address, an MTU and a route.
+fn with_vlan() -> NetConfig {
+    cfg(serde_json::json!({
+        "interfaces": [
+            {"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/24"]},
+            {"name": "eth1", "mode": "static", "addresses": []},
+            {"name": "eth0.100", "mode": "static", "mtu": 1400,
+             "addresses": ["192.0.2.10/24", "2001:db8:100::10/64"]}
+        ],
+        "vlans": [{"parent": "eth0", "id": 100}],
+        "routes": [{"destination": "10.100.0.0/16", "gateway": "192.0.2.1"}]
+    }))
+}
+
+/// A VLAN made by hand (`common::vlans` form): netd never touches it.
+const HAND: &str = "eth1.5 eth1 5 -";
+
+#[test]
+fn vlan_is_created_addressed_and_removed_on_revert_and_cancel() {
+    need_vlans!();
+    let ns = two_port_ns("vlan");
+    // A VLAN made by hand: netd never touches it.
+    ns.ip(&[
+        "link", "add", "link", "eth1", "name", "eth1.5", "type", "vlan", "id", "5",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), &base());
+    let mut s = settings(dir.path());
+    let nd = dir.path().join("network");
+    s.files.networkd_dir = Some(nd.clone());
+    let name = ns.name.clone();
+    keel_netd::netns::run_in(&ns.path(), move || async move {
+        let netd = Netd::start(s, Kernel::connect().unwrap()).await.unwrap();
+
+        // Applied at once: the link, its ID and parent, netd's mark, address, MTU, route.
+        netd.propose(change(with_vlan(), 60)).await.unwrap();
+        assert_eq!(common::vlans(&name), ["eth0.100 eth0 100 keel-netd", HAND]);
+        let mut a = addresses_of(&name, "eth0.100");
+        a.sort();
+        assert_eq!(a, ["192.0.2.10/24", "2001:db8:100::10/64"]);
+        let l = link_of(&name, "eth0.100");
+        assert_eq!(l["mtu"], 1400);
+        assert!(
+            l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+            "{l}"
+        );
+        assert!(
+            routes_of(&name).contains(&"10.100.0.0/16 via 192.0.2.1 dev eth0.100 proto 77".into()),
+            "{:?}",
+            routes_of(&name)
+        );
+        let f = std::fs::read_to_string(nd.join("10-keel-netd-eth0.100.network")).unwrap();
+        assert!(
+            f.contains("Name=eth0.100\n") && f.contains("Unmanaged=yes"),
+            "{f}"
+        );
+        // The running state shows it as a link of kind vlan, not as a wired port.
+        let st = netd.state().await.unwrap();
+        let k = st.links.iter().find(|l| l.name == "eth0.100").unwrap();
+        assert_eq!(k.kind.as_deref(), Some("vlan"));
+        assert!(!k.wired);
+
+        // Cancel: gone at once, with its route; the hand-made VLAN stays.
+        netd.cancel("test").await.unwrap();
+        assert_eq!(common::vlans(&name), [HAND]);
+        assert!(routes_of(&name).is_empty(), "{:?}", routes_of(&name));
+        assert_eq!(addresses_of(&name, "eth0"), ["10.0.0.2/24"]);
+
+        // Not confirmed: gone when the window ends.
+        netd.propose(change(with_vlan(), 1)).await.unwrap();
+        assert_eq!(common::vlans(&name).len(), 2);
+        let t0 = Instant::now();
+        while netd.pending().await.is_some() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "not reverted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(common::vlans(&name), [HAND]);
+
+        // Confirmed; then a change that drops it, cancelled: it comes back, addressed.
+        netd.propose(change(with_vlan(), 60)).await.unwrap();
+        netd.confirm("test").await.unwrap();
+        netd.propose(change(base(), 60)).await.unwrap();
+        assert_eq!(common::vlans(&name), [HAND]);
+        assert!(!nd.join("10-keel-netd-eth0.100.network").exists());
+        netd.cancel("test").await.unwrap();
+        assert_eq!(common::vlans(&name), ["eth0.100 eth0 100 keel-netd", HAND]);
+        let mut a = addresses_of(&name, "eth0.100");
+        a.sort();
+        assert_eq!(a, ["192.0.2.10/24", "2001:db8:100::10/64"]);
+
+        // Another ID under the same name: netd replaces its own link.
+        let mut next = with_vlan();
+        next.vlans[0].id = 200;
+        next.vlans[0].name = Some("eth0.100".into());
+        netd.propose(change(next, 60)).await.unwrap();
+        assert_eq!(common::vlans(&name), ["eth0.100 eth0 200 keel-netd", HAND]);
+        assert_eq!(addresses_of(&name, "eth0.100").len(), 2);
+        netd.cancel("test").await.unwrap();
+        assert_eq!(common::vlans(&name), ["eth0.100 eth0 100 keel-netd", HAND]);
+
+        // A DHCP VLAN: netd makes the link and brings it up; networkd gets the file.
+        let mut dhcp = with_vlan();
+        dhcp.interfaces.push(
+            serde_json::from_value(serde_json::json!({"name": "guest", "mode": "dhcp"})).unwrap(),
+        );
+        dhcp.vlans.push(keel_api::VlanConfig {
+            name: Some("guest".into()),
+            parent: "eth1".into(),
+            id: 7,
+        });
+        netd.propose(change(dhcp, 60)).await.unwrap();
+        assert!(common::vlans(&name).contains(&"guest eth1 7 keel-netd".to_string()));
+        let l = link_of(&name, "guest");
+        assert!(
+            l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+            "{l}"
+        );
+        let f = std::fs::read_to_string(nd.join("10-keel-netd-guest.network")).unwrap();
+        assert!(f.contains("Name=guest\n") && f.contains("DHCP=yes"), "{f}");
+        netd.cancel("test").await.unwrap();
+        assert!(!common::vlans(&name).iter().any(|v| v.starts_with("guest ")));
+    })
+    .unwrap();
+    // Confirmed before: it stays, and the hand-made one too.
+    assert_eq!(
+        ns.vlans(),
+        ["eth0.100 eth0 100 keel-netd", "eth1.5 eth1 5 -"]
+    );
+}
+
+fn link_of(ns: &str, dev: &str) -> serde_json::Value {
+    let out = common::run(
+        std::process::Command::new("ip").args(["-j", "-n", ns, "link", "show", "dev", dev]),
+    );
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+}
+
+fn routes_of(ns: &str) -> Vec<String> {
+    let out = common::run(std::process::Command::new("ip").args(["-j", "-n", ns, "route", "show"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["gateway"].is_string())
+        .map(|r| {
+            format!(
+                "{} via {} dev {} proto {}",
+                r["dst"].as_str().unwrap_or_default(),
+                r["gateway"].as_str().unwrap_or_default(),
+                r["dev"].as_str().unwrap_or_default(),
+                r["protocol"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| r["protocol"].to_string())
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_vlan_left_by_a_netd_that_died_goes_at_the_next_start() {
+    need_vlans!();
+    let ns = two_port_ns("vlan-restart");
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), &base());
+    let s = settings(dir.path());
+    let s2 = s.clone();
+    keel_netd::netns::run_in(&ns.path(), move || async move {
+        let netd = Netd::start(s, Kernel::connect().unwrap()).await.unwrap();
+        netd.propose(change(with_vlan(), 60)).await.unwrap();
+        // Dropped while pending, as a crash would: nothing reverts.
+    })
+    .unwrap();
+    assert_eq!(ns.vlans(), ["eth0.100 eth0 100 keel-netd"]);
+    keel_netd::netns::run_in(&ns.path(), move || async move {
+        Netd::start(s2, Kernel::connect().unwrap()).await.unwrap();
+    })
+    .unwrap();
+    assert!(ns.vlans().is_empty(), "{:?}", ns.vlans());
+    assert_eq!(ns.addresses("eth0"), ["10.0.0.2/24"]);
+}
+
+#[test]
+fn bad_vlan_configs_are_refused_naming_the_field_and_change_nothing() {
+    need_netns!();
+    let ns = two_port_ns("vlan-invalid");
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), &base());
+    let s = settings(dir.path());
+    // Where the kernel has VLANs, one made by hand must not be taken over either.
+    let hand = common::vlan_unavailable().is_none();
+    if hand {
+        ns.ip(&[
+            "link", "add", "link", "eth1", "name", "eth1.5", "type", "vlan", "id", "5",
+        ]);
+    }
+    let before = ns.links_detailed().len();
+    keel_netd::netns::run_in(&ns.path(), move || async move {
+        let netd = Netd::start(s, Kernel::connect().unwrap()).await.unwrap();
+        let with = |vlans: serde_json::Value, extra: &[&str]| {
+            let mut ifs = vec![
+                serde_json::json!({"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/24"]}),
+                serde_json::json!({"name": "eth1", "mode": "dhcp"}),
+            ];
+            for n in extra {
+                ifs.push(serde_json::json!({"name": n, "mode": "static", "addresses": []}));
+            }
+            serde_json::json!({"interfaces": ifs, "vlans": vlans})
+        };
+        let mut cases: Vec<(serde_json::Value, &str, &str)> = vec![
+            (
+                with(
+                    serde_json::json!([{"parent": "eth0", "id": 0}]),
+                    &["eth0.0"],
+                ),
+                "vlans[0].id",
+                "0 is outside 1–4094",
+            ),
+            (
+                with(
+                    serde_json::json!([{"parent": "eth0", "id": 4095}]),
+                    &["eth0.4095"],
+                ),
+                "vlans[0].id",
+                "4095 is outside 1–4094",
+            ),
+            (
+                with(
+                    serde_json::json!([{"parent": "eth9", "id": 10, "name": "v10"}]),
+                    &["v10"],
+                ),
+                "vlans[0].parent",
+                "unknown parent \"eth9\"",
+            ),
+            (
+                with(
+                    serde_json::json!([{"parent": "eth0", "id": 10},
+                                       {"parent": "eth0", "id": 10, "name": "again"}]),
+                    &["eth0.10", "again"],
+                ),
+                "vlans[1].id",
+                "VLAN 10 on eth0 is listed twice",
+            ),
+            (
+                with(serde_json::json!([{"parent": "eth0", "id": 10}]), &[]),
+                "vlans[0]",
+                "VLAN eth0.10 has no entry in interfaces",
+            ),
+        ];
+        if hand {
+            cases.push((
+                with(
+                    serde_json::json!([{"parent": "eth1", "id": 5}]),
+                    &["eth1.5"],
+                ),
+                "vlans[0].name",
+                "eth1.5 exists already as a VLAN (5 on eth1) not created by keel-netd",
+            ));
+        }
+        for (json, field, msg) in cases {
+            let err = netd
+                .propose(change(cfg(json.clone()), 2))
+                .await
+                .unwrap_err();
+            match &err {
+                NetdError::Invalid(v) => {
+                    assert_eq!(v.fields(), [field], "{json}: {err}");
+                    assert!(err.to_string().contains(msg), "{json}: {err}");
+                }
+                other => panic!("{json}: {other}"),
+            }
+            assert!(netd.pending().await.is_none());
+        }
+    })
+    .unwrap();
+    assert_eq!(ns.links_detailed().len(), before, "no link came or went");
+    if hand {
+        assert_eq!(ns.vlans(), ["eth1.5 eth1 5 -"]);
+    }
+    assert_eq!(ns.addresses("eth0"), ["10.0.0.2/24"]);
+    assert!(ns.addresses("eth1").is_empty());
+}

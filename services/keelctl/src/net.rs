@@ -35,7 +35,9 @@ pub enum NetCommand {
         json: bool,
     },
     /// Apply a configuration (JSON, as `show --json` prints under "running"; `-` reads
-    /// standard input). Reverted unless confirmed within the window.
+    /// standard input). Reverted unless confirmed within the window. A VLAN is an entry
+    /// of "vlans" plus its interface: {"interfaces": [..., {"name": "eth0.100", "mode":
+    /// "static", "addresses": ["192.0.2.10/24"]}], "vlans": [{"parent": "eth0", "id": 100}]}
     Set {
         file: PathBuf,
         /// Confirmation window in seconds (default: netd's, 120).
@@ -53,8 +55,14 @@ pub fn render_state(s: &NetState) -> String {
     let mut out = format!("hostname:  {}\nsource:    {}\n", c.hostname, s.source);
     for i in &c.interfaces {
         let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
+        let vlan = c
+            .vlans
+            .iter()
+            .find(|v| v.link_name() == i.name)
+            .map(|v| format!(" (VLAN {} on {})", v.id, v.parent))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "interface: {} {}{}{}{}{}\n",
+            "interface: {}{vlan} {}{}{}{}{}\n",
             i.name,
             i.mode.as_str(),
             if i.enabled { "" } else { " (disabled)" },
@@ -173,4 +181,34 @@ pub async fn run(args: NetArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vlans_are_shown_with_parent_and_id() {
+        let running: NetConfig = serde_json::from_value(serde_json::json!({
+            "interfaces": [
+                {"name": "eth0", "mode": "dhcp"},
+                {"name": "eth0.100", "mode": "static", "addresses": ["192.0.2.10/24"]}
+            ],
+            "vlans": [{"parent": "eth0", "id": 100}]
+        }))
+        .unwrap();
+        let s = NetState {
+            running: running.clone(),
+            confirmed: running,
+            source: "file".into(),
+            pending: None,
+            links: Vec::new(),
+        };
+        let out = render_state(&s);
+        assert!(out.contains("interface: eth0 dhcp\n"), "{out}");
+        assert!(
+            out.contains("interface: eth0.100 (VLAN 100 on eth0) static 192.0.2.10/24\n"),
+            "{out}"
+        );
+    }
 }

@@ -47,6 +47,42 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Why VLAN tests cannot run here, if they cannot: no namespaces, or a kernel
+/// without 802.1Q (`CONFIG_VLAN_8021Q`). Probed in a namespace of its own.
+pub fn vlan_unavailable() -> Option<String> {
+    if let Some(why) = unavailable() {
+        return Some(why);
+    }
+    let ns = Netns::new("vlan-probe");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    let out = Command::new("ip")
+        .args([
+            "-n", &ns.name, "link", "add", "link", "eth0", "name", "eth0.1",
+        ])
+        .args(["type", "vlan", "id", "1"])
+        .output()
+        .expect("running ip");
+    (!out.status.success()).then(|| {
+        format!(
+            "the kernel cannot make VLANs ({}): VLAN tests skipped",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// Returns early from a test (with the reason printed) where VLANs are unavailable.
+#[macro_export]
+macro_rules! need_vlans {
+    () => {
+        if let Some(why) = common::vlan_unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
 impl Netns {
     /// A fresh namespace with loopback up.
     pub fn new(tag: &str) -> Self {
@@ -130,6 +166,20 @@ impl Netns {
     pub fn link(&self, dev: &str) -> Value {
         self.ip_json(&["link", "show", "dev", dev])[0].clone()
     }
+
+    /// `ip -d -j link show`: every link with its details (`linkinfo`, `ifalias`).
+    pub fn links_detailed(&self) -> Vec<Value> {
+        self.ip_json(&["-d", "link", "show"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The VLANs of the namespace as `name parent id alias` (alias `-` when none),
+    /// sorted, from `ip -d -j link show`.
+    pub fn vlans(&self) -> Vec<String> {
+        vlans(&self.name)
+    }
 }
 
 impl Drop for Netns {
@@ -156,5 +206,28 @@ pub fn addresses(ns: &str, dev: &str) -> Vec<String> {
             out.push(format!("{local}/{}", a["prefixlen"]));
         }
     }
+    out
+}
+
+/// The VLANs of namespace `ns` as `name parent id alias`, sorted (see `Netns::vlans`).
+pub fn vlans(ns: &str) -> Vec<String> {
+    let out = run(Command::new("ip").args(["-d", "-j", "-n", ns, "link", "show"]));
+    let v: Value = serde_json::from_str(&out).expect("ip -j output");
+    let mut out: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["linkinfo"]["info_kind"] == "vlan")
+        .map(|l| {
+            format!(
+                "{} {} {} {}",
+                l["ifname"].as_str().unwrap_or_default(),
+                l["link"].as_str().unwrap_or_default(),
+                l["linkinfo"]["info_data"]["id"],
+                l["ifalias"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    out.sort();
     out
 }
