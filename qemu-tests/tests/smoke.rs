@@ -255,6 +255,32 @@ async fn appliance_smoke() {
     assert_status_contract(&status_a, &version);
     assert_data_grown(&status_a, image_bytes);
 
+    // The HTML console: every page of a logged-in admin links to the others and
+    // renders with the services' state behind it.
+    for (path, title) in [
+        ("/appliance/", "Status › Basics"),
+        ("/appliance/network/ip", "Networking › IP configuration"),
+        (
+            "/appliance/security/certificates",
+            "Security › Certificates",
+        ),
+    ] {
+        let resp = http.get(a.url(path)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let html = resp.text().await.unwrap();
+        assert!(html.contains(&format!("<title>{title}")), "{path}: {html}");
+        for link in [
+            "/appliance/",
+            "/appliance/network/ip",
+            "/appliance/security/certificates",
+        ] {
+            assert!(
+                link == path || html.contains(&format!("href=\"{link}\"")),
+                "{path} does not link to {link}"
+            );
+        }
+    }
+
     // The certificate on the wire is the one status reports (hashed here, not by
     // the console's code), and it is this box's own.
     let fp_a = status_a["certificate"]["sha256_fingerprint"]
