@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod certs;
 pub mod error;
+pub mod local_service;
 pub mod net;
 pub mod status;
 pub mod time;

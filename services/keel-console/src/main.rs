@@ -134,13 +134,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(tls::serve_plain(listener, app::redirect_router()));
     }
 
-    keel_core::notify::ready();
-    keel_core::notify::spawn_watchdog();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("stopping");
+    keel_core::notify::ready_until_stopped().await?;
     Ok(())
 }

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::RwLock;
 use std::time::Duration;
 
 use askama::Template;
@@ -20,33 +19,31 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel_api::{AddressMode, NetConfig, NetPending, NetState};
-use keel_core::local_api::{Client, LocalApiError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;
+use crate::local_service::LocalService;
 
 /// Who netd records as the maker of console changes.
 pub const OWNER: &str = "console";
 
-static SOCKET: RwLock<Option<PathBuf>> = RwLock::new(None);
-
 /// Applying touches the kernel only (ms); listing links is one netlink dump.
 const CALL_LIMIT: Duration = Duration::from_secs(15);
 
-pub fn set_socket(path: PathBuf) {
-    *SOCKET.write().unwrap_or_else(|p| p.into_inner()) = Some(path);
-}
+// netd's refusals (400 naming the field, 422, 409, 403) pass through; the
+// console's body is the configuration itself, so paths drop `config.`.
+static NETD: LocalService = LocalService::new(
+    "netd",
+    "network service unavailable",
+    |_| "no answer from keel-netd".to_owned(),
+    |m| m.strip_prefix("config.").unwrap_or(m),
+);
 
-fn client() -> Client {
-    let path = SOCKET
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_else(|| keel_core::paths::service_socket("netd"));
-    Client::new(path)
+pub fn set_socket(path: PathBuf) {
+    NETD.set_socket(path);
 }
 
 async fn call<B: Serialize, R: DeserializeOwned>(
@@ -54,26 +51,7 @@ async fn call<B: Serialize, R: DeserializeOwned>(
     path: &str,
     body: Option<&B>,
 ) -> Result<R, ApiError> {
-    match tokio::time::timeout(CALL_LIMIT, client().call(method, path, body)).await {
-        // netd's refusals (400 naming the field, 422, 409, 403) pass through; the
-        // console's body is the configuration itself, so paths drop `config.`.
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(LocalApiError::Status { status, message })) => Err(ApiError::new(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            message
-                .strip_prefix("config.")
-                .unwrap_or(&message)
-                .to_owned(),
-        )),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("network service unavailable: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "network service unavailable: no answer from keel-netd",
-        )),
-    }
+    NETD.call(method, path, body, CALL_LIMIT).await
 }
 
 async fn propose(config: Value, confirm_seconds: Option<u64>) -> Result<NetPending, ApiError> {

@@ -4,7 +4,6 @@
 //! console stays unprivileged.
 
 use std::path::PathBuf;
-use std::sync::RwLock;
 use std::time::Duration;
 
 use askama::Template;
@@ -14,15 +13,12 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel_api::{ManualTimeRequest, NtpServerList, NtpServers, ServerState, TimeState, TimeVerdict};
-use keel_core::local_api::{Client, LocalApiError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{JsonBody, Shared};
 use crate::error::ApiError;
-
-/// timed's local socket; `set_socket` changes it (main's `--timed-socket`, tests).
-static SOCKET: RwLock<Option<PathBuf>> = RwLock::new(None);
+use crate::local_service::LocalService;
 
 /// A check with a dead server takes its timeouts: long enough for the default
 /// settings (4 samples 2 s apart, 1 s timeout, 3 s name resolution).
@@ -30,17 +26,23 @@ const CALL_LIMIT: Duration = Duration::from_secs(30);
 /// The Basics page does not wait for a check in progress.
 const PAGE_LIMIT: Duration = Duration::from_secs(2);
 
-pub fn set_socket(path: PathBuf) {
-    *SOCKET.write().unwrap_or_else(|p| p.into_inner()) = Some(path);
-}
+// timed's own refusals (400 bad time, 409 list owned by netd, ...) pass through.
+static TIMED: LocalService = LocalService::new(
+    "timed",
+    "NTP check unavailable",
+    |limit| {
+        format!(
+            "keel-timed did not answer within {} s (a check may still be running; reload in \
+             a few seconds)",
+            limit.as_secs()
+        )
+    },
+    |m| m,
+);
 
-fn client() -> Client {
-    let path = SOCKET
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_else(|| keel_core::paths::service_socket("timed"));
-    Client::new(path)
+/// Where timed's local socket is (main's `--timed-socket`, tests).
+pub fn set_socket(path: PathBuf) {
+    TIMED.set_socket(path);
 }
 
 async fn call<B: Serialize, R: DeserializeOwned>(
@@ -49,26 +51,7 @@ async fn call<B: Serialize, R: DeserializeOwned>(
     body: Option<&B>,
     limit: Duration,
 ) -> Result<R, ApiError> {
-    match tokio::time::timeout(limit, client().call(method, path, body)).await {
-        Ok(Ok(r)) => Ok(r),
-        // timed's own refusals (400 bad time, 409 list owned by netd, ...) pass through.
-        Ok(Err(LocalApiError::Status { status, message })) => Err(ApiError::new(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            message,
-        )),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("NTP check unavailable: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "NTP check unavailable: keel-timed did not answer within {} s (a check may \
-                 still be running; reload in a few seconds)",
-                limit.as_secs()
-            ),
-        )),
-    }
+    TIMED.call(method, path, body, limit).await
 }
 
 async fn api_time(

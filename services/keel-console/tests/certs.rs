@@ -3,13 +3,15 @@
 //! name, checked with a rustls client and with `openssl s_client`, and a hot
 //! swap while a connection stays open.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use base64::Engine;
 use keel_certs::pinning::FingerprintVerifier;
-use keel_console::{app, auth, certs, tls};
+use keel_console::{app, certs, tls};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,24 +26,29 @@ struct Console {
 const IP1: &str = "127.0.0.1";
 const IP2: &str = "127.0.0.2";
 
+/// The console's state over `data` with its certificate store (`console/certs`,
+/// the built-in identity beside it) and the resolver serving from that store.
+fn with_store(
+    data: &std::path::Path,
+) -> (
+    Arc<keel_certs::CertStore>,
+    Arc<tls::CertResolver>,
+    Arc<app::AppState>,
+) {
+    let (identity, _) = common::identity(data);
+    let console_dir = data.join("console");
+    let store = Arc::new(
+        keel_certs::CertStore::open(console_dir.join("certs"), console_dir.join("tls")).unwrap(),
+    );
+    let resolver = Arc::new(tls::CertResolver::from_serving(store.serving().unwrap()));
+    (store, resolver, common::app_state(data, &identity))
+}
+
 /// The console as main.rs builds it, listening on 127.0.0.1:P and 127.0.0.2:P
 /// (the same port: two local addresses of one appliance), logged in.
 async fn start() -> Console {
     let data = tempfile::tempdir().unwrap();
-    let console_dir = data.path().join("console");
-    let tls_dir = console_dir.join("tls");
-    let (identity, _) = keel_certs::DefaultIdentity::new(&tls_dir)
-        .load_or_create("keel-test", &[IP1.parse().unwrap()])
-        .unwrap();
-    let store = Arc::new(keel_certs::CertStore::open(console_dir.join("certs"), &tls_dir).unwrap());
-    let resolver = Arc::new(tls::CertResolver::from_serving(store.serving().unwrap()));
-    let state = Arc::new(app::AppState {
-        certs: Default::default(),
-        auth: auth::Auth::open(&console_dir).unwrap(),
-        cert: keel_certs::info(&identity.cert_pem).unwrap(),
-        requests_dir: data.path().join("requests"),
-        data_mount: data.path().to_path_buf(),
-    });
+    let (store, resolver, state) = with_store(data.path());
     let router = certs::with_certs(
         app::router(state.clone()),
         certs::CertsState::new(state, store, resolver.clone()),
@@ -58,24 +65,8 @@ async fn start() -> Console {
     tokio::spawn(tls::serve_https(l1, resolver.clone(), router.clone()));
     tokio::spawn(tls::serve_https(l2, resolver, router));
 
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(FingerprintVerifier::record_any().client_config())
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let code = std::fs::read_to_string(console_dir.join("setup-code")).unwrap();
-    let resp = http
-        .post(format!("https://{IP1}:{port}/appliance/api/v1/setup"))
-        .json(&json!({"setup_code": code, "password": "a good password"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let csrf = resp.json::<Value>().await.unwrap()["csrf_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (http, _) = common::client();
+    let csrf = common::set_up(&http, &format!("https://{IP1}:{port}"), data.path()).await;
     Console {
         port,
         data,
@@ -864,21 +855,7 @@ async fn csr_through_the_api_and_the_html_page() {
 #[tokio::test(flavor = "multi_thread")]
 async fn local_api_for_keelctl() {
     let data = tempfile::tempdir().unwrap();
-    let console_dir = data.path().join("console");
-    let tls_dir = console_dir.join("tls");
-    keel_certs::DefaultIdentity::new(&tls_dir)
-        .load_or_create("keel-test", &[])
-        .unwrap();
-    let store = Arc::new(keel_certs::CertStore::open(console_dir.join("certs"), &tls_dir).unwrap());
-    let resolver = Arc::new(tls::CertResolver::from_serving(store.serving().unwrap()));
-    let state = Arc::new(app::AppState {
-        certs: Default::default(),
-        auth: auth::Auth::open(&console_dir).unwrap(),
-        cert: keel_certs::info(&std::fs::read_to_string(tls_dir.join("default.crt")).unwrap())
-            .unwrap(),
-        requests_dir: data.path().join("requests"),
-        data_mount: data.path().to_path_buf(),
-    });
+    let (store, resolver, state) = with_store(data.path());
     let cs = certs::CertsState::new(state, store, resolver.clone());
     let sock = data.path().join("api.sock");
     let listener = keel_core::local_api::bind(&sock, 0o600).unwrap();

@@ -1,11 +1,13 @@
 //! The console's routers behind its real TLS server on loopback, driven by a real
 //! HTTPS client (reqwest + rustls) that pins the served certificate.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use keel_certs::pinning::FingerprintVerifier;
-use keel_console::{app, auth, tls};
+use keel_console::{app, auth};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -23,18 +25,11 @@ impl Console {
     }
 
     fn setup_code(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("console/setup-code")).unwrap()
+        common::setup_code(self.data.path())
     }
 
     fn client(&self) -> (reqwest::Client, Arc<FingerprintVerifier>) {
-        let verifier = FingerprintVerifier::record_any();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(verifier.client_config())
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        (client, verifier)
+        common::client()
     }
 
     fn url(&self, path: &str) -> String {
@@ -44,38 +39,18 @@ impl Console {
 
 async fn start() -> Console {
     let data = tempfile::tempdir().unwrap();
-    let console_dir = data.path().join("console");
     std::fs::create_dir_all(data.path().join("requests")).unwrap();
-    let (identity, created) = keel_certs::DefaultIdentity::new(console_dir.join("tls"))
-        .load_or_create("keel-test", &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    assert!(created);
-    let cert = keel_certs::info(&identity.cert_pem).unwrap();
-    let fingerprint = cert.sha256_fingerprint.clone();
-    let resolver = Arc::new(tls::CertResolver::new(
-        keel_certs::certified_key(&identity).unwrap(),
-    ));
-    let config = Arc::new(tls::server_config(resolver).unwrap());
-    let state = Arc::new(app::AppState {
-        certs: Default::default(),
-        auth: auth::Auth::open(&console_dir).unwrap(),
-        cert,
-        requests_dir: data.path().join("requests"),
-        data_mount: data.path().to_path_buf(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(tls::serve_https(
-        listener,
-        config,
-        app::router(state.clone()),
-    ));
+    let served = common::serve(data.path()).await;
+    assert!(served.created);
     let socket = data.path().join("api.sock");
     let local = keel_core::local_api::bind(&socket, 0o600).unwrap();
-    tokio::spawn(keel_core::local_api::serve(local, app::local_router(state)));
+    tokio::spawn(keel_core::local_api::serve(
+        local,
+        app::local_router(served.state),
+    ));
     Console {
-        base: format!("https://127.0.0.1:{}", addr.port()),
-        fingerprint,
+        base: served.base,
+        fingerprint: served.fingerprint,
         data,
         local: keel_core::local_api::Client::new(socket),
     }
@@ -382,21 +357,9 @@ async fn html_console_setup_and_basics_page() {
     let (http, _) = c.client();
     let resp = http.get(c.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
-    let page = http
-        .get(c.url("/appliance/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &c.url("/appliance/")).await;
     assert!(page.contains("Set up this appliance"));
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned();
+    let csrf = common::csrf_of(&page);
     let code = c.setup_code();
     // Without the form's token: refused, nothing stored.
     let resp = http
@@ -437,14 +400,7 @@ async fn html_console_setup_and_basics_page() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let page = http
-        .get(c.url("/appliance/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &c.url("/appliance/")).await;
     assert!(page.contains("Status › Basics"), "{page}");
     assert!(page.contains(&c.fingerprint));
     // Escaping: nothing a client controls is rendered raw (hostname etc. come from

@@ -2,12 +2,12 @@
 //! (in this process) → the kernel of a network namespace made for the test, checked
 //! with `ip -j`. Needs root; elsewhere it says so and passes.
 
+mod common;
+
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_certs::pinning::FingerprintVerifier;
-use keel_console::{app, auth, tls};
+use common::csrf_of;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -44,14 +44,6 @@ fn addresses(ns: &str, dev: &str) -> Vec<String> {
         .filter(|a| !a["local"].as_str().unwrap_or("").starts_with("fe80:"))
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
         .collect()
-}
-
-fn csrf_of(page: &str) -> String {
-    page.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test]
@@ -103,51 +95,15 @@ async fn ip_configuration_through_the_console() {
     assert_eq!(addresses(&ns.0, "eth0"), ["10.0.0.2/24"]);
 
     // The console.
-    let console_dir = dir.path().join("console");
-    let (identity, _) = keel_certs::DefaultIdentity::new(console_dir.join("tls"))
-        .load_or_create("keel-test", &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    let cert = keel_certs::info(&identity.cert_pem).unwrap();
-    let resolver = Arc::new(tls::CertResolver::new(
-        keel_certs::certified_key(&identity).unwrap(),
-    ));
-    let config = Arc::new(tls::server_config(resolver).unwrap());
-    let state = Arc::new(app::AppState {
-        certs: Default::default(),
-        auth: auth::Auth::open(&console_dir).unwrap(),
-        cert,
-        requests_dir: dir.path().join("requests"),
-        data_mount: dir.path().to_path_buf(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!(
-        "https://127.0.0.1:{}",
-        listener.local_addr().unwrap().port()
-    );
-    tokio::spawn(tls::serve_https(listener, config, app::router(state)));
-    let url = |p: &str| format!("{base}{p}");
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(FingerprintVerifier::record_any().client_config())
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let console = common::serve(dir.path()).await;
+    let url = |p: &str| console.url(p);
+    let (http, _) = common::client();
     let api = url("/appliance/api/v1/net/config");
     assert_eq!(
         http.get(&api).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-    let code = std::fs::read_to_string(console_dir.join("setup-code")).unwrap();
-    let body: Value = http
-        .post(url("/appliance/api/v1/setup"))
-        .json(&json!({"setup_code": code, "password": "a good password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let csrf = common::set_up(&http, &console.base, dir.path()).await;
 
     let st: Value = http.get(&api).send().await.unwrap().json().await.unwrap();
     assert_eq!(
@@ -239,14 +195,7 @@ async fn ip_configuration_through_the_console() {
     assert!(saved.contains("10.0.0.4/24"), "{saved}");
 
     // The HTML page and its form.
-    let page = http
-        .get(url("/appliance/network/ip"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &url("/appliance/network/ip")).await;
     assert!(page.contains("Networking › IP configuration"), "{page}");
     assert!(page.contains("name=\"if0_name\" value=\"eth0\""), "{page}");
     let form_csrf = csrf_of(&page);
@@ -277,14 +226,7 @@ async fn ip_configuration_through_the_console() {
     let mut live = addresses(&ns.0, "eth0");
     live.sort();
     assert_eq!(live, ["10.0.0.9/24", "2001:db8::9/64"]);
-    let page = http
-        .get(url("/appliance/network/ip"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &url("/appliance/network/ip")).await;
     assert!(page.contains("Change waiting for confirmation"), "{page}");
     // A bad form comes back with the message and the input kept.
     let mut bad = form.to_vec();
@@ -393,14 +335,7 @@ async fn ip_configuration_through_the_console() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let page = http
-        .get(url("/appliance/network/ip"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &url("/appliance/network/ip")).await;
     assert!(
         page.contains("<strong>eth0.100</strong> (VLAN 100 on eth0)"),
         "{page}"

@@ -1,13 +1,14 @@
 //! The console's time routes and Basics section, against a stand-in keel-timed on
 //! a local socket (keel-timed's own tests cover the measuring).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use axum::routing::{get, post};
 use axum::{http::StatusCode as AxStatus, Json};
+use common::csrf_of;
 use keel_api::{DaemonSync, ServerReport, ServerState, TimeState, TimeVerdict};
-use keel_certs::pinning::FingerprintVerifier;
-use keel_console::{app, auth, tls};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -75,47 +76,13 @@ fn fake_timed(set: Arc<Mutex<Vec<String>>>) -> axum::Router {
         )
 }
 
-fn csrf_of(page: &str) -> String {
-    page.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_owned()
-}
-
 /// One test: the timed socket location is process-wide.
 #[tokio::test]
 async fn time_api_and_basics_section() {
     let data = tempfile::tempdir().unwrap();
-    let console_dir = data.path().join("console");
-    let (identity, _) = keel_certs::DefaultIdentity::new(console_dir.join("tls"))
-        .load_or_create("keel-test", &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    let cert = keel_certs::info(&identity.cert_pem).unwrap();
-    let resolver = Arc::new(tls::CertResolver::new(
-        keel_certs::certified_key(&identity).unwrap(),
-    ));
-    let config = Arc::new(tls::server_config(resolver).unwrap());
-    let state = Arc::new(app::AppState {
-        certs: Default::default(),
-        auth: auth::Auth::open(&console_dir).unwrap(),
-        cert,
-        requests_dir: data.path().join("requests"),
-        data_mount: data.path().to_path_buf(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!(
-        "https://127.0.0.1:{}",
-        listener.local_addr().unwrap().port()
-    );
-    tokio::spawn(tls::serve_https(listener, config, app::router(state)));
-    let url = |p: &str| format!("{base}{p}");
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(FingerprintVerifier::record_any().client_config())
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let console = common::serve(data.path()).await;
+    let url = |p: &str| console.url(p);
+    let (http, _) = common::client();
 
     // timed not running (nothing at the socket yet).
     let sock = data.path().join("timed/api.sock");
@@ -128,17 +95,7 @@ async fn time_api_and_basics_section() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let code = std::fs::read_to_string(console_dir.join("setup-code")).unwrap();
-    let body: Value = http
-        .post(url("/appliance/api/v1/setup"))
-        .json(&json!({"setup_code": code, "password": "a good password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    let csrf = common::set_up(&http, &console.base, data.path()).await;
 
     let resp = http
         .get(url("/appliance/api/v1/time"))
@@ -155,14 +112,7 @@ async fn time_api_and_basics_section() {
         "{err}"
     );
     // The Basics page still renders, and says so.
-    let page = http
-        .get(url("/appliance/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &url("/appliance/")).await;
     assert!(page.contains("Status › Basics"), "{page}");
     assert!(page.contains("<h2>Time</h2>") && page.contains("NTP check unavailable"));
 
@@ -229,14 +179,7 @@ async fn time_api_and_basics_section() {
     assert_eq!(*set.lock().unwrap(), vec!["2026-11-25 05:00".to_string()]);
 
     // The Basics page shows the verdict, the servers and the forms.
-    let page = http
-        .get(url("/appliance/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = common::page(&http, &url("/appliance/")).await;
     assert!(page.contains("5 min 0 s behind the NTP servers"), "{page}");
     assert!(page.contains("ntp.test (192.0.2.1:123)") && page.contains("+300.000 s"));
     assert!(page.contains("systemd-timesyncd: running, not synchronized yet"));

@@ -30,6 +30,21 @@ pub enum LocalApiError {
     Status { status: u16, message: String },
     #[error("unexpected answer: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("group {name}")]
+    Group {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("no group {name}")]
+    NoGroup { name: String },
+    #[error("chgrp {name} {path}")]
+    Chgrp {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// Binds `path` (replacing a stale socket) with permission bits `mode`.
@@ -48,6 +63,29 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, LocalApiError> {
     }
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Binds a service's socket for its owner (0600) or, with `group`, for that group
+/// too (0660, the socket handed to the group).
+pub fn bind_for(path: &Path, group: Option<&str>) -> Result<UnixListener, LocalApiError> {
+    let listener = bind(path, if group.is_some() { 0o660 } else { 0o600 })?;
+    if let Some(name) = group {
+        // A member of the group may hand its own file to it: no privilege needed.
+        let group = nix::unistd::Group::from_name(name)
+            .map_err(|source| LocalApiError::Group {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| LocalApiError::NoGroup {
+                name: name.to_owned(),
+            })?;
+        nix::unistd::chown(path, None, Some(group.gid)).map_err(|source| LocalApiError::Chgrp {
+            name: name.to_owned(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
     Ok(listener)
 }
 

@@ -24,3 +24,17 @@ pub fn spawn_watchdog() {
         }
     });
 }
+
+/// What a service's main does once it serves: tells systemd it is ready, keeps the
+/// watchdog fed, and returns when SIGTERM (systemd's stop) or Ctrl-C arrives.
+pub async fn ready_until_stopped() -> std::io::Result<()> {
+    ready();
+    spawn_watchdog();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    Ok(())
+}

@@ -75,40 +75,16 @@ impl Args {
     }
 }
 
-fn bind(args: &Args) -> anyhow::Result<tokio::net::UnixListener> {
-    let mode = if args.socket_group.is_some() {
-        0o660
-    } else {
-        0o600
-    };
-    let listener = keel_core::local_api::bind(&args.socket, mode)?;
-    if let Some(name) = &args.socket_group {
-        let group = nix::unistd::Group::from_name(name)
-            .with_context(|| format!("group {name}"))?
-            .with_context(|| format!("no group {name}"))?;
-        nix::unistd::chown(&args.socket, None, Some(group.gid))
-            .with_context(|| format!("chgrp {name} {}", args.socket.display()))?;
-    }
-    Ok(listener)
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
     let kernel = keel_netd::kernel::Kernel::connect().context("netlink")?;
     let netd = Netd::start(args.settings(), kernel).await?;
-    let listener = bind(&args)?;
+    let listener = keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?;
     tokio::spawn(keel_core::local_api::serve(
         listener,
         keel_netd::api::router(netd.clone()),
     ));
     tokio::spawn(netd.clone().reconcile_forever());
-    keel_core::notify::ready();
-    keel_core::notify::spawn_watchdog();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("stopping");
+    keel_core::notify::ready_until_stopped().await?;
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keel_timed::service::{self, Settings, Timed};
 use keel_timed::sntp::CheckOptions;
@@ -110,24 +109,6 @@ fn print_verdict(v: &keel_api::TimeVerdict) -> anyhow::Result<i32> {
     })
 }
 
-fn bind(args: &Args) -> anyhow::Result<tokio::net::UnixListener> {
-    let mode = if args.socket_group.is_some() {
-        0o660
-    } else {
-        0o600
-    };
-    let listener = keel_core::local_api::bind(&args.socket, mode)?;
-    if let Some(name) = &args.socket_group {
-        // A member of the group may hand its own file to it: no privilege needed.
-        let group = nix::unistd::Group::from_name(name)
-            .with_context(|| format!("group {name}"))?
-            .with_context(|| format!("no group {name}"))?;
-        nix::unistd::chown(&args.socket, None, Some(group.gid))
-            .with_context(|| format!("chgrp {name} {}", args.socket.display()))?;
-    }
-    Ok(listener)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     keel_core::logging::init("keel-timed");
@@ -137,19 +118,12 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     let timed = Timed::new(args.settings(), Box::new(SystemClock));
-    let listener = bind(&args)?;
+    let listener = keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?;
     tokio::spawn(keel_core::local_api::serve(
         listener,
         service::router(timed.clone()),
     ));
     tokio::spawn(timed.clone().run_periodic());
-    keel_core::notify::ready();
-    keel_core::notify::spawn_watchdog();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("stopping");
+    keel_core::notify::ready_until_stopped().await?;
     Ok(())
 }
