@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use keel_qemu_tests::{
     cert_file, image_or_skip, json_post, openssl, set_up_admin, Vm, BOOT_CEILING, POWEROFF_CEILING,
+    READY_MARKER,
 };
 use serde_json::json;
 
@@ -31,26 +32,11 @@ fn pem_line(der: &[u8]) -> String {
         .to_owned()
 }
 
-/// Number of times the console has come up on this VM's current QEMU run.
-fn boots(vm: &Vm) -> usize {
-    vm.serial().matches("KEEL-READY").count()
-}
-
+/// Waits for the `n`-th console start of this QEMU run, then for HTTPS.
 async fn wait_boots(vm: &mut Vm, n: usize) {
-    let deadline = std::time::Instant::now() + BOOT_CEILING;
-    while boots(vm) < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "boot {n} did not come\n{}",
-            vm.serial_tail()
-        );
-        assert!(
-            vm.exited().unwrap().is_none(),
-            "QEMU ended\n{}",
-            vm.serial_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    vm.wait_serial_count(READY_MARKER, n, BOOT_CEILING)
+        .await
+        .unwrap();
     vm.wait_https(BOOT_CEILING).await.unwrap();
 }
 
@@ -216,15 +202,7 @@ async fn factory_reset_from_api_and_boot_menu() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     vm.type_serial("f").unwrap();
-    let deadline = std::time::Instant::now() + BOOT_CEILING;
-    while !vm.serial().contains("Type RESET") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no confirmation prompt\n{}",
-            vm.serial_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    vm.wait_serial("Type RESET", BOOT_CEILING).await.unwrap();
     vm.type_serial("RESET\r").unwrap();
     wait_boots(&mut vm, 3).await;
     let code3 = vm.setup_code().unwrap();
@@ -258,24 +236,6 @@ async fn factory_reset_from_api_and_boot_menu() {
     );
 }
 
-/// Waits until the current run's serial output contains `text` (QEMU must keep running).
-async fn wait_serial_text(vm: &mut Vm, text: &str, ceiling: Duration) {
-    let deadline = std::time::Instant::now() + ceiling;
-    while !vm.serial().contains(text) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {text:?} on the serial line\n{}",
-            vm.serial_tail()
-        );
-        assert!(
-            vm.exited().unwrap().is_none(),
-            "QEMU ended\n{}",
-            vm.serial_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The local console menu on the serial line: "Reset the admin password", confirmed
 /// with `yes`, ends the old password and sessions and shows a new setup code, which
 /// sets a new password through the web setup.
@@ -291,12 +251,12 @@ async fn local_menu_resets_admin_password() {
 
     // Item 3 of the menu, then its confirmation.
     vm.type_serial("3\r").unwrap();
-    wait_serial_text(
-        &mut vm,
+    vm.wait_serial(
         "Type yes to reset the admin password",
         Duration::from_secs(60),
     )
-    .await;
+    .await
+    .unwrap();
     vm.type_serial("yes\r").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let code2 = loop {
