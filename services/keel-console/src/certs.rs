@@ -54,24 +54,6 @@ impl CertsState {
         self.resolver.set_serving(self.store.serving()?);
         Ok(())
     }
-
-    /// Warnings about certificates in use, one line each (for the Basics page).
-    pub fn in_use_warnings(&self) -> Vec<String> {
-        match self.store.in_use_warnings() {
-            Ok(w) => w
-                .into_iter()
-                .map(|(c, w)| format!("{} ({}): {}", c.label, c.assigned.join(", "), w.message))
-                .collect(),
-            Err(e) => vec![format!("certificate store unreadable: {e}")],
-        }
-    }
-}
-
-/// Warnings about the certificates `app` serves (empty without a store).
-pub fn in_use_warnings(app: &crate::app::AppState) -> Vec<String> {
-    app.cert_store()
-        .map(|cs| cs.in_use_warnings())
-        .unwrap_or_default()
 }
 
 /// Adds the certificate routes to the console's router, and the store to every
@@ -118,12 +100,16 @@ impl ServedCert {
 /// as it serves it now (an assigned default that could not be loaded leaves the
 /// built-in one in place, and this says so).
 pub fn served_default(cs: &CertsState) -> ServedCert {
+    served_default_among(cs, &cs.store.in_use().unwrap_or_default())
+}
+
+/// `served_default` with the store's in-use list already read.
+fn served_default_among(cs: &CertsState, in_use: &[CertificateEntry]) -> ServedCert {
     let key = cs.resolver.choose(None, None);
     let leaf = key.cert.first().map(|c| c.as_ref()).unwrap_or_default();
     let fp = keel_certs::fingerprint(leaf);
-    let in_use = cs.store.in_use().unwrap_or_default();
-    if let Some(c) = in_use.into_iter().find(|c| c.sha256_fingerprint == fp) {
-        return ServedCert::from_entry(c);
+    if let Some(c) = in_use.iter().find(|c| c.sha256_fingerprint == fp) {
+        return ServedCert::from_entry(c.clone());
     }
     // Only while the store is unreadable, or a change is being swapped in.
     let d = keel_certs::inspect::details(leaf);
@@ -151,15 +137,15 @@ pub struct BasicsCerts {
 pub fn basics_view(app: &crate::app::AppState) -> Option<BasicsCerts> {
     let cs = app.cert_store()?;
     let (in_use, error) = match cs.store.in_use() {
-        Ok(l) => (l.into_iter().map(ServedCert::from_entry).collect(), None),
+        Ok(l) => (l, None),
         Err(e) => (
             Vec::new(),
             Some(format!("certificate store unreadable: {e}")),
         ),
     };
     Some(BasicsCerts {
-        default: served_default(&cs),
-        in_use,
+        default: served_default_among(&cs, &in_use),
+        in_use: in_use.into_iter().map(ServedCert::from_entry).collect(),
         error,
     })
 }

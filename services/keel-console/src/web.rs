@@ -36,7 +36,6 @@ struct BasicsPage {
     error: Option<String>,
     s: keel_api::Status,
     uptime: String,
-    cert_warnings: Vec<String>,
     certs: Option<crate::certs::BasicsCerts>,
     time: crate::time::TimeView,
 }
@@ -129,7 +128,6 @@ async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response 
             error,
             s,
             uptime,
-            cert_warnings: crate::certs::in_use_warnings(st),
             certs: crate::certs::basics_view(st),
             time,
         },

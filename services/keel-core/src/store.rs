@@ -31,30 +31,94 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Temp files get a name no other writer uses at the same time: two threads of one
+/// process (or two processes) writing the same file each have their own.
+fn unique_temp(dir: &Path, name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    dir.join(format!(
+        ".{name}.tmp.{}.{seq}.{nanos:08x}",
+        std::process::id()
+    ))
+}
+
 /// Writes `bytes` to `path` atomically with permission bits `mode` (e.g. 0o600).
+///
+/// The temp file is created exclusively (`O_EXCL`, `O_NOFOLLOW`): a file or link
+/// planted under its name makes the write fail instead of being followed. Concurrent
+/// writers of one path never share a temp file; the last rename wins whole.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let tmp = unique_temp(dir, name);
+    let mut created = false;
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
+        created = true;
         file.write_all(bytes).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, path).map_err(io_err(path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        sync_dir(dir)
     })();
-    if result.is_err() {
+    if result.is_err() && created {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Makes the entries of `dir` (creations, renames, deletions) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Removes `path` so that a power cut cannot bring it back (the directory is synced
+/// after the unlink). A missing file is not an error; returns whether it existed.
+pub fn remove_durable(path: &Path) -> Result<bool, StoreError> {
+    let existed = match fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if existed {
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(existed)
+}
+
+/// Removes a directory tree (e.g. a certificate with its private key) durably.
+pub fn remove_dir_durable(path: &Path) -> Result<bool, StoreError> {
+    let existed = match fs::remove_dir_all(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if existed {
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(existed)
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
@@ -116,6 +180,45 @@ mod tests {
         );
         // No temp files left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_never_tear_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let body = vec![b'a' + i; 64 * 1024];
+                    for _ in 0..50 {
+                        write_atomic(&p, &body, 0o644).unwrap();
+                        let seen = fs::read(&p).unwrap();
+                        assert_eq!(seen.len(), body.len());
+                        assert!(seen.iter().all(|b| *b == seen[0]), "torn file");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn durable_removal_reports_whether_the_file_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("admin.json");
+        fs::write(&p, b"{}").unwrap();
+        assert!(remove_durable(&p).unwrap());
+        assert!(!p.exists());
+        assert!(!remove_durable(&p).unwrap());
+        let d = dir.path().join("cert");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("key.pem"), b"k").unwrap();
+        assert!(remove_dir_durable(&d).unwrap());
+        assert!(!d.exists());
     }
 
     #[test]
