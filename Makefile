@@ -12,7 +12,7 @@ deps:
 	scripts/deps.sh
 
 build: deps
-	$(CARGO) build --release --locked -p keel-console -p keelctl -p keel-reset -p keel-timed -p keel-netd
+	$(CARGO) build --release --locked -p keel-console -p keelctl -p keel-reset -p keel-timed -p keel-netd -p keel-boot -p keel-bundle -p keel-update
 
 image: build
 	image/build.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Keel disk image from Debian packages, the workspace's release binaries
 # and overlay/. Outputs in build/: keel-<version>.{raw,qcow2,vmdk}, root.squashfs (the
-# slot image), keel-<version>.packages (what is inside), and stable symlinks
+# slot image), keel-<version>.bundle (that slot as a signed update bundle),
+# keel-<version>.packages (what is inside), and stable symlinks
 # keel.{raw,qcow2,vmdk}. The package mirror is the build host's own (its deb822
 # sources file): no mirror is named in this repository.
 #
@@ -12,9 +13,17 @@
 #   KEEL_OVERLAY_EXTRA  a second overlay laid over overlay/ (debugging only)
 #   KEEL_APT_SOURCES    deb822 sources file (default the host's debian.sources)
 #   KEEL_KEEP_WORK=1    keep build/work/root (the unpacked tree) for inspection
+#   KEEL_SIGNING_KEY    secret update key (PREFIX.secret from `keel-bundle keygen`) that
+#                       signs the bundle; its public key (KEEL_SIGNING_PUB, default
+#                       PREFIX.pub) goes into the image. Unset: a development key pair
+#                       build/dev-signing.{secret,pub}, made once and kept (warns loudly)
+#   KEEL_TRUSTED_KEYS_DIR  more public keys (*.pub) the image trusts (key rotation)
+#   KEEL_BUNDLE_EXPIRES_DAYS  validity of the bundle's signature (default 365)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
+# shellcheck source=image/lib.sh
+. image/lib.sh
 version=$(<VERSION)
 bin_dir=$(realpath "${KEEL_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}")
 mkdir -p "${KEEL_BUILD_DIR:-build}"
@@ -44,11 +53,31 @@ fi
 for t in mmdebstrap mksquashfs unsquashfs sfdisk mkfs.vfat mcopy mkfs.ext4 grub-mkimage qemu-img depmod; do
   command -v "$t" >/dev/null || { echo "missing $t: run scripts/deps.sh" >&2; exit 1; }
 done
+# The vendor tool signs the bundle; it is not installed into the image.
+bundle_tool=$bin_dir/keel-bundle
+[[ -x $bundle_tool ]] || { echo "missing $bundle_tool (run 'make build')" >&2; exit 1; }
 
 rm -rf "$work"
-mkdir -p "$work/bin" "$cache"
+mkdir -p "$work/bin" "$work/update-keys" "$cache"
 t0=$(date +%s)
 for b in "${bins[@]}"; do cp "$bin_dir/$b" "$work/bin/"; done
+
+# Update keys: the signing key's public half, plus any in KEEL_TRUSTED_KEYS_DIR, go
+# into the image (/usr/share/keel/update-keys/) before the squashfs is made.
+keel_signing_key "$out" "$bundle_tool"
+cp "$keel_key_public" "$work/update-keys/"
+if [[ -n ${KEEL_TRUSTED_KEYS_DIR:-} ]]; then
+  for k in "$KEEL_TRUSTED_KEYS_DIR"/*.pub; do
+    [[ -f $k ]] || { echo "KEEL_TRUSTED_KEYS_DIR: no *.pub in $KEEL_TRUSTED_KEYS_DIR" >&2; exit 1; }
+    dest=$work/update-keys/$(basename "$k")
+    if [[ -e $dest ]] && ! cmp -s "$k" "$dest"; then
+      echo "KEEL_TRUSTED_KEYS_DIR: $(basename "$k") differs from the signing key's file of that name" >&2
+      exit 1
+    fi
+    cp "$k" "$dest"
+  done
+fi
+echo "trusted update keys: $(cd "$work/update-keys" && echo *)"
 
 # Keep it minimal: no ssh, no shell login (a later menu replaces getty), no dbus.
 packages=(
@@ -111,7 +140,7 @@ mm_args=(--variant=minbase --mode=root --quiet
   --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\" && cp -l -t \"\$1/var/cache/apt/archives\" $cache/*.deb 2>/dev/null || cp -t \"\$1/var/cache/apt/archives\" $cache/*.deb 2>/dev/null || true"
   # The initrd config is in place before the kernel is installed: one small initrd.
   --essential-hook="mkdir -p \"\$1/etc/initramfs-tools\" && cp -r $top/image/initramfs/. \"\$1/etc/initramfs-tools/\""
-  --customize-hook="$top/image/customize.sh \"\$1\" $top $work/bin $version ${extra:-}"
+  --customize-hook="$top/image/customize.sh \"\$1\" $top $work/bin $version $work/update-keys ${extra:-}"
 )
 for o in "${dpkgopts[@]}"; do mm_args+=(--dpkgopt="$o"); done
 
@@ -129,14 +158,23 @@ done <<<"$keep"
 dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Package} ${Version}\n' >"$out/keel-$version.packages"
 
 echo "== root slot (squashfs)"
-# GRUB 2.06 reads gzip/xz squashfs but not zstd; gzip decompresses fastest at boot.
-# Level 6: the same size as mksquashfs's default 9 here, at a seventh of the CPU time.
-# /var is a tmpfs at run time (its content in the image would be dead weight); the
+# Options in image/lib.sh (gzip: GRUB 2.06 cannot read zstd). /var is left out; the
 # package list above records what dpkg's database would have said.
-rm -f "$out/root.squashfs"
-nice mksquashfs "$root" "$out/root.squashfs" -comp gzip -Xcompression-level 6 -noappend -quiet -no-progress \
-  -wildcards -e 'var/*' 'boot/System.map-*'
+keel_mksquashfs "$root" "$out/root.squashfs"
 image/check-modules.sh "$out/root.squashfs"
+
+echo "== update bundle"
+# Installs over any version: the appliance refuses downgrades and replays separately.
+rm -f "$out/keel-$version.bundle"
+"$bundle_tool" build --key "$keel_key_secret" --product keel --version "$version" --kind base \
+  --payload "$out/root.squashfs" --installs-over '>=0.0.0' \
+  --expires-days "${KEEL_BUNDLE_EXPIRES_DAYS:-365}" --out "$out/keel-$version.bundle"
+# Build check: the appliance's own verifier, with the signing key alone and with the
+# image's whole key set.
+"$bundle_tool" verify --key "$keel_key_public" "$out/keel-$version.bundle"
+trusted=()
+for k in "$work"/update-keys/*.pub; do trusted+=(--key "$k"); done
+"$bundle_tool" verify "${trusted[@]}" "$out/keel-$version.bundle" >/dev/null
 t2=$(date +%s)
 
 echo "== disk"
@@ -149,11 +187,12 @@ for f in raw qcow2 vmdk; do ln -sfn "keel-$version.$f" "$out/keel.$f"; done
 [[ ${KEEL_KEEP_WORK:-} == 1 ]] || rm -rf "$work"
 t3=$(date +%s)
 
-echo "image $version built in $((t3 - t0)) s: packages $((t1 - t0)) s, squashfs $((t2 - t1)) s, disk $((t3 - t2)) s"
+echo "image $version built in $((t3 - t0)) s: packages $((t1 - t0)) s, squashfs+bundle $((t2 - t1)) s, disk $((t3 - t2)) s"
 printf '%-28s %6s MiB allocated, %6s MiB apparent\n' \
   "$(basename "$out/keel-$version.raw")" \
   "$(($(stat -c '%b*%B' "$out/keel-$version.raw") / 1048576))" \
   "$(($(stat -c %s "$out/keel-$version.raw") / 1048576))"
-for f in "keel-$version.qcow2" "keel-$version.vmdk" root.squashfs; do
+for f in "keel-$version.qcow2" "keel-$version.vmdk" root.squashfs "keel-$version.bundle"; do
   printf '%-28s %6s MiB\n' "$f" "$(($(stat -c %s "$out/$f") / 1048576))"
 done
+[[ -z $keel_key_dev ]] || keel_dev_key_warning

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # mmdebstrap customize hook: turns the Debian tree into the Keel root filesystem.
-# Arguments: ROOT TOPDIR BIN_DIR VERSION [EXTRA_OVERLAY]
+# Arguments: ROOT TOPDIR BIN_DIR VERSION KEYS_DIR [EXTRA_OVERLAY]
 set -euo pipefail
-root=$1 top=$2 bin_dir=$3 version=$4 extra=${5:-}
+root=$1 top=$2 bin_dir=$3 version=$4 keys_dir=$5 extra=${6:-}
 cd "$top"
 
 # --- files: overlay, binaries, identity -------------------------------------------
@@ -13,6 +13,11 @@ if [[ -n $extra ]]; then
 fi
 # BIN_DIR holds exactly the binaries to install (build.sh chose them).
 install -m 0755 "$bin_dir"/* "$root/usr/bin/"
+# The public keys update bundles must be signed with (KEYS_DIR: build.sh chose them;
+# keel-update trusts every *.pub here). Without one no update would ever verify.
+compgen -G "$keys_dir/*.pub" >/dev/null || { echo "no update key (*.pub) in $keys_dir" >&2; exit 1; }
+install -d -m 0755 "$root/usr/share/keel/update-keys"
+install -m 0644 "$keys_dir"/*.pub "$root/usr/share/keel/update-keys/"
 
 cat >"$root/usr/lib/os-release" <<OS
 PRETTY_NAME="Keel $version"
@@ -43,8 +48,9 @@ for u in "$root"/etc/systemd/system/*.service; do
 done
 
 # --- read-only root --------------------------------------------------------------
-# /data is the only persistent writable place; the ESP is mounted only while the
-# boot-ok service writes grubenv (no fstab line: nothing else should touch it).
+# /data is the only persistent writable place; the ESP is mounted only while
+# keel-boot, keel-reset or keel-update use grubenv (no fstab line: nothing else
+# should touch it).
 # No boot-time fsck for /data: ext4 replays its journal when mounting, and a
 # preen pass on every boot would sit on the console's critical path (~0.7 s under
 # TCG) to repair only what it may repair unattended anyway. keel-reset.service runs

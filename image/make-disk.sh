@@ -45,15 +45,18 @@ grub-mkimage -O i386-pc -o "$work/core.img" -c "$work/early.cfg" -p /grub \
   "${modules[@]}" biosdisk
 cp /usr/lib/grub/i386-pc/boot.img "$work/"
 
-# ESP (FAT): loader, config, environment block, marker.
+# ESP (FAT): loader, config, environment block in its two copies (keel-boot reads
+# the backup when the primary is unreadable, grub.cfg too), marker.
 grub-editenv "$work/grubenv" create
 grub-editenv "$work/grubenv" set keel_good=a
+cp "$work/grubenv" "$work/grubenv.bak"
 touch "$work/keel-esp.marker"
 mkfs.vfat -C -n KEEL-ESP "$work/esp.img" $((esp_mib * 1024)) >/dev/null
 mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT ::/grub
 mcopy -i "$work/esp.img" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 cp "${KEEL_GRUB_CFG:-image/grub/grub.cfg}" "$work/grub.cfg"
-mcopy -i "$work/esp.img" "$work/grub.cfg" "$work/grubenv" "$work/keel-esp.marker" ::/grub/
+mcopy -i "$work/esp.img" "$work/grub.cfg" "$work/grubenv" "$work/grubenv.bak" \
+  "$work/keel-esp.marker" ::/grub/
 
 # Data: empty ext4, grown to the disk on first boot.
 mkfs.ext4 -q -F -L data -m 0 -E root_owner=0:0 "$work/data.img" "${data_mib}M"

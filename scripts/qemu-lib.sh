@@ -4,7 +4,10 @@
 #   keel_qemu_overlay BASE OVERLAY [SIZE]             -> copy-on-write disk over BASE
 #   keel_qemu_accel                                   -> prints kvm or tcg
 # Environment: KEEL_FIRMWARE=bios|uefi (default bios), KEEL_ACCEL=tcg|kvm (skips the
-# probe), KEEL_VM_MEM (MiB, default 1024), KEEL_VM_CPUS (default 2).
+# probe), KEEL_VM_MEM (MiB, default 1024), KEEL_VM_CPUS (default 2),
+# KEEL_SECOND_HTTPS_PORT (a second NIC on its own user network, 10.0.3.0/24, with
+# that host port forwarded to its 443: the console sees its clients as 10.0.3.2, a
+# second source address beside the first NIC's 10.0.2.2).
 # shellcheck shell=bash
 
 # TCG unless KVM really works. /dev/kvm can exist on a paravirtual host whose CPU
@@ -46,6 +49,13 @@ keel_qemu_args() {
     # The appliance's watchdog (systemd RuntimeWatchdogSec) resets a hung guest.
     -device i6300esb -action watchdog=reset
   )
+  if [[ -n ${KEEL_SECOND_HTTPS_PORT:-} ]]; then
+    # shellcheck disable=SC2054
+    KEEL_QEMU_ARGS+=(
+      -netdev "user,id=n1,net=10.0.3.0/24,restrict=on,hostfwd=tcp:127.0.0.1:$KEEL_SECOND_HTTPS_PORT-:443"
+      -device virtio-net-pci,netdev=n1
+    )
+  fi
   if [[ $accel == kvm ]]; then
     KEEL_QEMU_ARGS+=(-cpu host)
   fi

@@ -143,6 +143,8 @@ pub struct Vm {
     dir: tempfile::TempDir,
     pub https_port: u16,
     pub http_port: u16,
+    /// Host port of the second NIC's 443, when the VM has one (`with_second_nic`).
+    pub second_https_port: Option<u16>,
     qemu: Option<Child>,
     started: Instant,
 }
@@ -166,6 +168,14 @@ impl Vm {
         firmware: Firmware,
         grow_bytes: u64,
     ) -> Result<Self> {
+        let mut vm = Self::prepare(name, image, firmware, grow_bytes)?;
+        vm.boot()?;
+        Ok(vm)
+    }
+
+    /// A factory-fresh appliance's disk and ports, not booted yet: the test may
+    /// change the disk (`patch_esp_file`) or add a NIC before `boot`.
+    pub fn prepare(name: &str, image: &Path, firmware: Firmware, grow_bytes: u64) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("keel-{name}-"))
             .tempdir()?;
@@ -186,17 +196,30 @@ impl Vm {
         if !created.success() {
             bail!("creating the overlay disk on {} failed", base.display());
         }
-        let mut vm = Vm {
+        Ok(Vm {
             name: name.into(),
             firmware,
             dir,
             https_port: free_port(),
             http_port: free_port(),
+            second_https_port: None,
             qemu: None,
             started: Instant::now(),
-        };
-        vm.boot()?;
-        Ok(vm)
+        })
+    }
+
+    /// Gives the VM a second NIC on a user network of its own (10.0.3.0/24) with
+    /// 443 forwarded from `second_https_port`: the console sees those clients as
+    /// 10.0.3.2, another source address than the first NIC's 10.0.2.2.
+    pub fn with_second_nic(mut self) -> Self {
+        self.second_https_port = Some(free_port());
+        self
+    }
+
+    /// The URL of `path` through the second NIC.
+    pub fn second_url(&self, path: &str) -> String {
+        let port = self.second_https_port.expect("VM started with_second_nic");
+        format!("https://127.0.0.1:{port}{path}")
     }
 
     pub fn serial_path(&self) -> PathBuf {
@@ -235,7 +258,11 @@ impl Vm {
         };
         let accel = accel();
         self.started = Instant::now();
-        let child = qemu_lib(&script)
+        let mut cmd = qemu_lib(&script);
+        if let Some(port) = self.second_https_port {
+            cmd.env("KEEL_SECOND_HTTPS_PORT", port.to_string());
+        }
+        let child = cmd
             .env("KEEL_FIRMWARE", firmware)
             .env("KEEL_ACCEL", accel)
             .stdin(Stdio::null())
@@ -466,6 +493,102 @@ impl Vm {
     pub fn disk_path(&self) -> PathBuf {
         self.dir.path().join("disk.qcow2")
     }
+
+    /// The guest-visible disk as a raw file beside the overlay (QEMU must not be
+    /// writing the disk while the caller changes it).
+    fn export_raw(&self) -> Result<PathBuf> {
+        let raw = self.dir.path().join("disk.raw");
+        let status = Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(self.disk_path())
+            .arg(&raw)
+            .status()?;
+        if !status.success() {
+            bail!("qemu-img convert {} failed", self.disk_path().display());
+        }
+        Ok(raw)
+    }
+
+    /// Reads a file from the ESP (FAT) of the disk, e.g. `grub/grubenv`, with
+    /// mtools; `None` when the file does not exist. Call while QEMU is stopped.
+    pub fn read_esp_file(&self, esp_path: &str) -> Result<Option<Vec<u8>>> {
+        let raw = self.export_raw()?;
+        let offset = esp_offset(&raw)?;
+        let out = self.dir.path().join("esp-file");
+        let status = Command::new("mcopy")
+            .args(["-n", "-o", "-i"])
+            .arg(format!("{}@@{offset}", raw.display()))
+            .arg(format!("::/{esp_path}"))
+            .arg(&out)
+            .stderr(Stdio::null())
+            .status()?;
+        std::fs::remove_file(&raw)?;
+        if !status.success() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&out)?;
+        std::fs::remove_file(&out)?;
+        Ok(Some(bytes))
+    }
+
+    /// Replaces the contents of a file on the ESP, e.g. garbage over
+    /// `grub/grubenv` as a torn write leaves it. Call before `boot` or while QEMU
+    /// is stopped.
+    pub fn patch_esp_file(&self, esp_path: &str, contents: &[u8]) -> Result<()> {
+        let raw = self.export_raw()?;
+        let offset = esp_offset(&raw)?;
+        let img = format!("{}@@{offset}", raw.display());
+        let src = self.dir.path().join("esp-patch");
+        std::fs::write(&src, contents)?;
+        let status = Command::new("mcopy")
+            .args(["-o", "-i", &img])
+            .arg(&src)
+            .arg(format!("::/{esp_path}"))
+            .status()?;
+        if !status.success() {
+            bail!("mcopy onto ::/{esp_path} failed");
+        }
+        std::fs::remove_file(&src)?;
+        // Back into the qcow2 the VM boots from (full copy; the image is small).
+        let status = Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(self.disk_path())
+            .status()?;
+        std::fs::remove_file(&raw)?;
+        if !status.success() {
+            bail!(
+                "qemu-img convert back to {} failed",
+                self.disk_path().display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Byte offset of the partition labelled `esp` in a raw GPT disk (sfdisk reads
+/// plain files: no loop device).
+fn esp_offset(raw: &Path) -> Result<u64> {
+    let out = Command::new("sfdisk").arg("-J").arg(raw).output()?;
+    if !out.status.success() {
+        bail!(
+            "sfdisk -J {}: {}",
+            raw.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let sector = table["partitiontable"]["sectorsize"]
+        .as_u64()
+        .unwrap_or(512);
+    table["partitiontable"]["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "esp")
+        .and_then(|p| p["start"].as_u64())
+        .map(|start| start * sector)
+        .ok_or_else(|| anyhow!("no partition named esp on {}", raw.display()))
 }
 
 pub fn setup_code_in(serial: &str) -> Option<String> {
@@ -491,6 +614,28 @@ impl Drop for Vm {
             }
         }
     }
+}
+
+/// Logs in as the admin (after setup, e.g. once a reboot ended the session):
+/// returns a client holding the session cookie and the CSRF token.
+pub async fn log_in(vm: &Vm, password: &str) -> Result<(reqwest::Client, String)> {
+    let (http, _) = vm.client();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/login"),
+        serde_json::json!({"username": "admin", "password": password}),
+        None,
+    )
+    .await?;
+    if st != 200 {
+        bail!("{}: login answered {st}: {body}", vm.name);
+    }
+    Ok((http, csrf_of(&body)?))
+}
+
+/// The body of a page (e.g. the Basics page of a logged-in admin) as text.
+pub async fn page_text(client: &reqwest::Client, url: &str) -> Result<String> {
+    Ok(client.get(url).send().await?.text().await?)
 }
 
 /// POSTs JSON (with the CSRF header when given); returns status and JSON body.

@@ -264,6 +264,7 @@ async fn appliance_smoke() {
             "/appliance/security/certificates",
             "Security › Certificates",
         ),
+        ("/appliance/support/updates", "Support › Updates"),
     ] {
         let resp = http.get(a.url(path)).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{path}");
@@ -273,6 +274,7 @@ async fn appliance_smoke() {
             "/appliance/",
             "/appliance/network/ip",
             "/appliance/security/certificates",
+            "/appliance/support/updates",
         ] {
             assert!(
                 link == path || html.contains(&format!("href=\"{link}\"")),

@@ -8,6 +8,10 @@ mod time;
 pub use time::*;
 mod net;
 pub use net::*;
+mod boot;
+pub use boot::*;
+mod update;
+pub use update::*;
 
 /// Answer of `GET /appliance/api/v1/status` and of the console's local `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,6 +32,10 @@ pub struct Status {
     /// Size of the persistent data filesystem (`/data`); 0 when it is not mounted.
     pub data_total_bytes: u64,
     pub data_free_bytes: u64,
+    /// GRUB's boot state as found at boot (`/run/keel/boot/state.json`); `None`
+    /// outside the image or from an older console.
+    #[serde(default)]
+    pub boot: Option<BootState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,6 +58,10 @@ pub struct ProcessMemory {
     pub name: String,
     pub pid: u32,
     pub rss_kib: u64,
+    /// Peak resident memory since the process started (VmHWM): what a burst cost,
+    /// even after it is over.
+    #[serde(default)]
+    pub peak_rss_kib: u64,
 }
 
 /// What the local console banner needs (console-local API only: it carries the

@@ -24,7 +24,7 @@ use keel_api::{
     CertAssignments, CertExportRequest, CertList, CertState, CertTargets, CertWarning,
     CertWarningCode, CertificateEntry, KeyType, NewCertRequest, BUILTIN_CERT_ID,
 };
-use keel_core::store::{ensure_dir, read_json, write_atomic, write_json};
+use keel_core::store::{ensure_dir, read_json, remove_dir_durable, write_atomic, write_json};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
@@ -215,14 +215,17 @@ impl CertStore {
             lock: Mutex::new(()),
         };
         ensure_dir(&store.dir, 0o700)?;
-        // Left over from a crash in the middle of adding or deleting.
+        // Left over from a crash in the middle of adding or deleting; each holds a
+        // private key, so it goes for good (durably).
         for e in std::fs::read_dir(&store.dir)
             .map_err(io(&store.dir))?
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(".new-") || name.starts_with(".del-") {
-                let _ = std::fs::remove_dir_all(e.path());
+                if let Err(err) = remove_dir_durable(&e.path()) {
+                    tracing::warn!("removing a leftover certificate entry: {err}");
+                }
             }
         }
         Ok(store)
@@ -491,7 +494,8 @@ impl CertStore {
                 .map_err(io(&self.dir))
         })();
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
+            // Holds the key: gone for good, or cleared by the next open.
+            let _ = remove_dir_durable(&tmp);
         }
         result.map(|_| id)
     }
@@ -839,10 +843,12 @@ impl CertStore {
             }
             self.save_assignments(&a)?;
         }
-        // Rename first: the entry disappears at once even if removal is slow.
+        // Rename first: the entry disappears at once even if removal is slow. The
+        // store directory is synced after the removal: a power cut must not bring
+        // the private key back.
         let gone = self.dir.join(format!(".del-{id}"));
         std::fs::rename(self.entry_dir(id), &gone).map_err(io(&gone))?;
-        std::fs::remove_dir_all(&gone).map_err(io(&gone))?;
+        remove_dir_durable(&gone)?;
         tracing::info!(%id, ?replacement, "certificate deleted");
         Ok(())
     }

@@ -972,3 +972,36 @@ fn expiry_chain_and_weak_algorithm_warnings() {
         e.warnings
     );
 }
+
+#[test]
+fn deleted_keys_leave_nothing_behind() {
+    let f = Fixture::new();
+    let one = f
+        .store
+        .create_self_signed(&new_cert(&["gone.example"], KeyType::EcdsaP256))
+        .unwrap();
+    let entry = f.store.dir().join(&one.id);
+    assert!(entry.join("key.pem").exists());
+    f.store.delete(&one.id, None).unwrap();
+    assert!(!entry.exists());
+    let names: Vec<String> = std::fs::read_dir(f.store.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
+
+    // A crash mid-add or mid-delete leaves a directory with a key: the next open
+    // removes it.
+    for leftover in [".new-0123456789ab", ".del-ba9876543210"] {
+        let d = f.store.dir().join(leftover);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("key.pem"), b"secret").unwrap();
+    }
+    let store = CertStore::open(f.store.dir(), f.path("tls")).unwrap();
+    assert_eq!(f.entries_on_disk(), 0);
+    assert_eq!(
+        store.list().unwrap().certificates.len(),
+        1,
+        "only the built-in one"
+    );
+}

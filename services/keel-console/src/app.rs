@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use keel_api::{Banner, LoginRequest, SessionGranted, SetupRequest, SetupState, Status};
 use serde::de::DeserializeOwned;
 
-use crate::auth::{Auth, Session};
+use crate::auth::{Auth, AuthError, Session, Throttle};
 use crate::error::ApiError;
 use crate::status;
 
@@ -124,7 +124,7 @@ impl AppState {
         let addresses = status::addresses();
         let data = status::filesystem_bytes(&self.data_mount);
         Status {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: status::running_version().to_owned(),
             slot: status::slot_from_cmdline(&status::read_trimmed("/proc/cmdline")),
             hostname: nix::unistd::gethostname()
                 .ok()
@@ -150,13 +150,14 @@ impl AppState {
             processes: status::keel_processes(),
             data_total_bytes: data.0,
             data_free_bytes: data.1,
+            boot: crate::boot::read(),
         }
     }
 
     pub fn banner(&self) -> Banner {
         let addrs = status::addresses();
         Banner {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: status::running_version().to_owned(),
             urls: status::reachable_ips(&addrs)
                 .into_iter()
                 .map(status::console_url)
@@ -224,13 +225,25 @@ impl FactoryResetRequest {
     }
 }
 
-/// Runs the slow password hash off the async executor.
+/// Runs the slow password hash off the async executor (`Auth` bounds how many
+/// hashes run at once, so this cannot pile up argon2 work areas).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(ApiError::internal)
+}
+
+/// How a login or setup refusal answers: as `ApiError::from`, except that busy
+/// password checks are the server's state (503), not the client's doing.
+pub(crate) fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::RateLimited(Throttle::Busy) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        e => e.into(),
+    }
 }
 
 fn granted(token: &str, session: &Session) -> Response {
@@ -264,7 +277,9 @@ async fn api_setup(
     }
     let client = client_ip(&req_ext);
     let (token, session) =
-        blocking(move || st.auth.setup(client, &body.setup_code, &body.password)).await??;
+        blocking(move || st.auth.setup(client, &body.setup_code, &body.password))
+            .await?
+            .map_err(auth_error)?;
     Ok(granted(&token, &session))
 }
 
@@ -278,8 +293,9 @@ async fn api_login(
         return Err(ApiError::csrf());
     }
     let client = client_ip(&req_ext);
-    let (token, session) =
-        blocking(move || st.auth.login(client, &body.username, &body.password)).await??;
+    let (token, session) = blocking(move || st.auth.login(client, &body.username, &body.password))
+        .await?
+        .map_err(auth_error)?;
     Ok(granted(&token, &session))
 }
 
@@ -360,6 +376,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::web::router())
         .merge(crate::time::router())
         .merge(crate::net::router())
+        .merge(crate::update::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(security_headers))
@@ -372,6 +389,10 @@ const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 
 async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Response {
     use http_body_util::BodyExt;
+    // A bundle upload streams up to 1 GiB: those routes keep a limit of their own.
+    if crate::update::own_body_limit(req.uri().path()) {
+        return next.run(req).await;
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

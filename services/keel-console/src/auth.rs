@@ -3,15 +3,20 @@
 //! Stored under the console's data dir: `admin.json` (argon2id hash, 0600) once set
 //! up, `setup-code` (0600) until then. Sessions live in memory only: a reboot logs
 //! everyone out, which is what an appliance admin expects.
+//!
+//! Every login or setup attempt is counted before its credential is checked (so a
+//! parallel burst cannot outrun the count), against its source (an IPv4 address or
+//! an IPv6 /64) and against the admin account; the argon2 checks themselves run a
+//! few at a time (see [`AuthLimits::verify_permits`]) because each needs ~19 MiB.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::{rngs::OsRng, Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +24,84 @@ use serde::{Deserialize, Serialize};
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 pub const MIN_PASSWORD_LEN: usize = 8;
 pub const MAX_PASSWORD_LEN: usize = 1024;
-/// Failed attempts allowed per client address within `FAILURE_WINDOW`.
+/// Failed attempts allowed per source (IPv4 address or IPv6 /64) within
+/// `FAILURE_WINDOW`.
 pub const MAX_FAILURES: usize = 5;
+/// Failed attempts allowed on the admin account within `FAILURE_WINDOW`, from all
+/// sources together. Larger than the per-source budget, so one noisy source (whose
+/// refused attempts never count here) cannot lock the admin out. The trade-off: an
+/// attacker with 4 or more sources can keep the account locked for as long as it
+/// keeps going, but gets no more than 20 guesses a minute however many addresses it
+/// has; the local console's password reset always works.
+pub const MAX_ACCOUNT_FAILURES: usize = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 64;
+
+/// How hard the console may be pushed by login and setup attempts.
+#[derive(Debug, Clone)]
+pub struct AuthLimits {
+    /// Attempts (failed or still being checked) per source within `window`.
+    pub source_failures: usize,
+    /// Attempts on the admin account within `window`, all sources together.
+    pub account_failures: usize,
+    pub window: Duration,
+    /// Sources remembered at once; past this the least guilty are forgotten first.
+    pub max_sources: usize,
+    /// Password hashes computed at once. Each needs one argon2 work area of
+    /// `m_cost` KiB (19 MiB with the default parameters), given back to the kernel
+    /// when the hash is done, so logins add at most `verify_permits × m_cost` to
+    /// the resident size: 2 × 19 MiB = 38 MiB by default, on top of the console's
+    /// idle baseline (~8 MiB on the appliance) — whatever the number of requests.
+    pub verify_permits: usize,
+    /// Attempts that may wait for a permit; more are refused at once as busy.
+    pub verify_queue: usize,
+    /// How long an attempt waits for a permit before it is refused as busy.
+    pub verify_wait: Duration,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            source_failures: MAX_FAILURES,
+            account_failures: MAX_ACCOUNT_FAILURES,
+            window: FAILURE_WINDOW,
+            max_sources: 4096,
+            // A 2-core appliance: two checks keep both cores busy and take ~38 MiB.
+            verify_permits: 2,
+            verify_queue: 8,
+            verify_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why an attempt was refused before its credential was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// The source used its budget; seconds until it may try again.
+    Source(u64),
+    /// The admin account used its budget; seconds until it may be tried again.
+    Account(u64),
+    /// Every password check slot is taken and no more may wait.
+    Busy,
+}
+
+impl std::fmt::Display for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Throttle::Source(s) => write!(
+                f,
+                "too many failed attempts from this address; try again in {s} s"
+            ),
+            Throttle::Account(s) => write!(
+                f,
+                "too many failed attempts on the admin account; try again in {s} s"
+            ),
+            Throttle::Busy => f.write_str("busy, try again in a few seconds"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -36,8 +113,8 @@ pub enum AuthError {
     WrongSetupCode,
     #[error("wrong user name or password")]
     WrongPassword,
-    #[error("too many failed attempts from this address; try again in {0} s")]
-    RateLimited(u64),
+    #[error("{0}")]
+    RateLimited(Throttle),
     #[error("the password must have {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")]
     WeakPassword,
     #[error("cannot store credentials: {0}")]
@@ -55,19 +132,46 @@ pub struct Session {
     pub csrf_token: String,
     created: Instant,
     last_seen: Instant,
+    /// The credential generation it was opened under: void once the password changes.
+    generation: u64,
 }
 
 #[derive(Default)]
 struct Inner {
     admin_hash: Option<String>,
     setup_code: Option<String>,
+    /// Bumped whenever the password changes (setup, reset): sessions and logins in
+    /// flight from an older generation open nothing.
+    generation: u64,
     sessions: HashMap<String, Session>,
-    failures: HashMap<IpAddr, Vec<Instant>>,
+    /// Attempts per source within the window, oldest first; an attempt is in here
+    /// from before its check starts (only a success or an unchecked attempt takes
+    /// it out again).
+    sources: HashMap<IpAddr, Vec<Instant>>,
+    /// The same for the admin account, all sources together.
+    account: Vec<Instant>,
+}
+
+/// One counted attempt: where it came from and when it was counted.
+struct Attempt {
+    source: IpAddr,
+    at: Instant,
 }
 
 pub struct Auth {
     dir: PathBuf,
+    limits: AuthLimits,
     inner: Mutex<Inner>,
+    gate: Gate,
+}
+
+/// The per-source key: an IPv4 address (also when it arrives IPv4-mapped on a
+/// dual-stack socket) or an IPv6 /64, the smallest block a site is given.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+    }
 }
 
 pub fn random_hex(bytes: usize) -> String {
@@ -100,10 +204,160 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Admits a few password hashes at a time (each allocates its work area, see
+/// `work_area`).
+struct Gate {
+    permits: usize,
+    queue: usize,
+    wait: Duration,
+    state: Mutex<GateState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    running: usize,
+    waiting: usize,
+}
+
+struct GatePermit<'a> {
+    gate: &'a Gate,
+}
+
+impl Gate {
+    fn new(limits: &AuthLimits) -> Self {
+        Self {
+            permits: limits.verify_permits.max(1),
+            queue: limits.verify_queue,
+            wait: limits.verify_wait,
+            state: Mutex::default(),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// A permit, waiting a bounded time in a bounded queue; `None` when busy.
+    fn acquire(&self) -> Option<GatePermit<'_>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.running >= self.permits {
+            if s.waiting >= self.queue {
+                return None;
+            }
+            s.waiting += 1;
+            let deadline = Instant::now() + self.wait;
+            while s.running >= self.permits {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    s.waiting -= 1;
+                    return None;
+                }
+                s = self
+                    .freed
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            s.waiting -= 1;
+        }
+        s.running += 1;
+        Some(GatePermit { gate: self })
+    }
+}
+
+impl Drop for GatePermit<'_> {
+    fn drop(&mut self) {
+        let mut s = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.running -= 1;
+        drop(s);
+        self.gate.freed.notify_one();
+    }
+}
+
+/// Blocks (1 KiB each) reserved for a work area at least: above glibc's largest
+/// dynamic mmap threshold (32 MiB on 64-bit), so each area is a mapping of its
+/// own that goes back to the kernel when freed. A 19 MiB area would otherwise come
+/// from a thread's arena after the first, and stay resident there once freed —
+/// in every arena that ever ran a hash. Only the blocks written become resident.
+const AREA_RESERVE_BLOCKS: usize = 33 * 1024;
+
+/// An argon2 work area for `params` (only while a `GatePermit` is held).
+fn work_area(params: &Params) -> Vec<Block> {
+    let mut area = Vec::with_capacity(params.block_count().max(AREA_RESERVE_BLOCKS));
+    area.resize(params.block_count(), Block::default());
+    area
+}
+
+/// A new argon2id PHC string for `password` (the same as `PasswordHasher` makes).
+fn hash_password(password: &[u8], _permit: &GatePermit<'_>) -> Result<String, AuthError> {
+    let err = |e: argon2::password_hash::Error| AuthError::Store(format!("hashing: {e}"));
+    let argon2 = Argon2::default();
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).map_err(err)?;
+    let len = argon2
+        .params()
+        .output_len()
+        .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = Output::init_with(len, |out| {
+        Ok(argon2.hash_password_into_with_memory(
+            password,
+            salt_bytes,
+            out,
+            work_area(argon2.params()),
+        )?)
+    })
+    .map_err(err)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(argon2.params()).map_err(err)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `phc` (as `PasswordVerifier` does,
+/// in constant time).
+fn verify_password(
+    phc: &str,
+    password: &[u8],
+    _permit: &GatePermit<'_>,
+) -> Result<bool, AuthError> {
+    let err = |e: argon2::password_hash::Error| AuthError::Store(format!("stored hash: {e}"));
+    let parsed = PasswordHash::new(phc).map_err(err)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(err)?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).map_err(|e| err(e.into()))?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).map_err(err)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(AuthError::Store("stored hash has no salt or output".into()));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(err)?;
+    let argon2 = Argon2::new(algorithm, version, params);
+    let output = Output::init_with(expected.len(), |out| {
+        Ok(argon2.hash_password_into_with_memory(
+            password,
+            salt,
+            out,
+            work_area(argon2.params()),
+        )?)
+    })
+    .map_err(err)?;
+    Ok(output == expected)
+}
+
 impl Auth {
     /// Opens the credential store in `dir`, creating a setup code when the
     /// appliance has no admin password yet.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, AuthError> {
+        Self::open_with(dir, AuthLimits::default())
+    }
+
+    /// `open` with other limits (tests use small ones).
+    pub fn open_with(dir: impl Into<PathBuf>, limits: AuthLimits) -> Result<Self, AuthError> {
         let dir = dir.into();
         let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
         keel_core::store::ensure_dir(&dir, 0o700).map_err(store)?;
@@ -128,143 +382,255 @@ impl Auth {
         }
         Ok(Self {
             dir,
+            gate: Gate::new(&limits),
+            limits,
             inner: Mutex::new(inner),
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn setup_required(&self) -> bool {
-        self.inner.lock().unwrap().admin_hash.is_none()
+        self.lock().admin_hash.is_none()
     }
 
     /// The code for the local console banner; `None` once set up.
     pub fn setup_code(&self) -> Option<String> {
-        self.inner.lock().unwrap().setup_code.clone()
+        self.lock().setup_code.clone()
     }
 
-    fn check_rate(&self, client: IpAddr) -> Result<(), AuthError> {
-        let mut inner = self.inner.lock().unwrap();
+    /// Counts an attempt from `client` against its source and the account, before
+    /// anything is checked: a parallel burst sees every earlier attempt of it.
+    /// Refusals create no entry, and one refused for its source does not count
+    /// against the account (a noisy source must not lock the admin out).
+    fn reserve(&self, inner: &mut Inner, client: IpAddr) -> Result<Attempt, AuthError> {
         let now = Instant::now();
-        let list = inner.failures.entry(client).or_default();
-        list.retain(|t| now.duration_since(*t) < FAILURE_WINDOW);
-        if list.len() >= MAX_FAILURES {
-            let wait = FAILURE_WINDOW.saturating_sub(now.duration_since(list[0]));
-            return Err(AuthError::RateLimited(wait.as_secs().max(1)));
+        let window = self.limits.window;
+        let wait = |first: Instant| {
+            let left = window.saturating_sub(now.duration_since(first));
+            left.as_secs().max(1)
+        };
+        let source = source_key(client);
+        if let Some(list) = inner.sources.get_mut(&source) {
+            list.retain(|t| now.duration_since(*t) < window);
+            if list.len() >= self.limits.source_failures {
+                return Err(AuthError::RateLimited(Throttle::Source(wait(list[0]))));
+            }
         }
-        Ok(())
+        inner.account.retain(|t| now.duration_since(*t) < window);
+        if inner.account.len() >= self.limits.account_failures {
+            return Err(AuthError::RateLimited(Throttle::Account(wait(
+                inner.account[0],
+            ))));
+        }
+        if !inner.sources.contains_key(&source) {
+            self.make_room(inner, now);
+        }
+        inner.sources.entry(source).or_default().push(now);
+        inner.account.push(now);
+        if inner.account.len() == self.limits.account_failures {
+            // Once per filling, not per refusal: a flood must not flood the journal.
+            tracing::warn!(
+                %client,
+                "admin account: {} attempts within {} s, further ones refused for now",
+                inner.account.len(),
+                window.as_secs()
+            );
+        }
+        Ok(Attempt { source, at: now })
     }
 
-    fn record_failure(&self, client: IpAddr) {
-        let mut inner = self.inner.lock().unwrap();
-        // Bound memory under a spray of source addresses.
-        if inner.failures.len() > 4096 {
-            inner.failures.clear();
+    /// Bounds the source table without forgetting the worst offenders: expired
+    /// entries go first, then those with the fewest recent attempts (the stalest
+    /// of them first).
+    fn make_room(&self, inner: &mut Inner, now: Instant) {
+        if inner.sources.len() < self.limits.max_sources {
+            return;
         }
-        inner
-            .failures
-            .entry(client)
-            .or_default()
-            .push(Instant::now());
+        let window = self.limits.window;
+        inner.sources.retain(|_, list| {
+            list.retain(|t| now.duration_since(*t) < window);
+            !list.is_empty()
+        });
+        while !inner.sources.is_empty() && inner.sources.len() >= self.limits.max_sources {
+            let victim = inner
+                .sources
+                .iter()
+                .min_by_key(|(_, list)| (list.len(), list.last().copied()))
+                .map(|(k, _)| *k);
+            if let Some(k) = victim {
+                inner.sources.remove(&k);
+            }
+        }
+    }
+
+    /// The attempt checked nothing (busy, weak password, changed meanwhile): it
+    /// was no guess, so it leaves no trace.
+    fn unreserve(inner: &mut Inner, attempt: &Attempt) {
+        if let Some(list) = inner.sources.get_mut(&attempt.source) {
+            remove_one(list, attempt.at);
+            if list.is_empty() {
+                inner.sources.remove(&attempt.source);
+            }
+        }
+        remove_one(&mut inner.account, attempt.at);
+    }
+
+    /// The right credential: the source's failures are forgiven and the attempt
+    /// does not count against the account.
+    fn succeeded(inner: &mut Inner, attempt: &Attempt) {
+        inner.sources.remove(&attempt.source);
+        remove_one(&mut inner.account, attempt.at);
+    }
+
+    /// A password check slot, or the attempt is given back and refused as busy.
+    fn permit(&self, attempt: &Attempt, client: IpAddr) -> Result<GatePermit<'_>, AuthError> {
+        self.gate.acquire().ok_or_else(|| {
+            Self::unreserve(&mut self.lock(), attempt);
+            tracing::warn!(%client, "attempt refused: password checks busy");
+            AuthError::RateLimited(Throttle::Busy)
+        })
     }
 
     /// First login: proves physical access with the setup code and sets the admin
-    /// password. Returns a new session token and its CSRF token.
+    /// password. Returns a new session token and its CSRF token. Ends every other
+    /// session.
     pub fn setup(
         &self,
         client: IpAddr,
         code: &str,
         password: &str,
     ) -> Result<(String, Session), AuthError> {
-        self.check_rate(client)?;
-        let expected = {
-            let inner = self.inner.lock().unwrap();
+        let (attempt, expected, generation) = {
+            let mut inner = self.lock();
             if inner.admin_hash.is_some() {
                 return Err(AuthError::AlreadySetUp);
             }
-            inner.setup_code.clone().unwrap_or_default()
+            let attempt = self.reserve(&mut inner, client)?;
+            let expected = inner.setup_code.clone().unwrap_or_default();
+            (attempt, expected, inner.generation)
         };
         if !constant_time_eq(
             normalize_code(code).as_bytes(),
             normalize_code(&expected).as_bytes(),
         ) {
-            self.record_failure(client);
+            tracing::warn!(%client, "wrong setup code");
             return Err(AuthError::WrongSetupCode);
         }
         if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+            Self::unreserve(&mut self.lock(), &attempt);
             return Err(AuthError::WeakPassword);
         }
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| AuthError::Store(e.to_string()))?
-            .to_string();
-        let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
-        {
-            // Stored under the lock: a password reset from the local console while
-            // the hash was computed replaced the code this setup was checked against.
-            let mut inner = self.inner.lock().unwrap();
-            if inner.admin_hash.is_some() {
-                return Err(AuthError::AlreadySetUp);
+        let hash = {
+            let permit = self.permit(&attempt, client)?;
+            hash_password(password.as_bytes(), &permit)
+        };
+        let mut inner = self.lock();
+        let hash = match hash {
+            Ok(h) => h,
+            Err(e) => {
+                Self::unreserve(&mut inner, &attempt);
+                return Err(e);
             }
-            if inner.setup_code.as_deref() != Some(expected.as_str()) {
-                return Err(AuthError::WrongSetupCode);
-            }
-            keel_core::store::write_json(
-                &self.dir.join("admin.json"),
-                &AdminRecord {
-                    password_hash: hash.clone(),
-                },
-                0o600,
-            )
-            .map_err(store)?;
-            let _ = std::fs::remove_file(self.dir.join("setup-code"));
-            inner.admin_hash = Some(hash);
-            inner.setup_code = None;
+        };
+        // Stored under the lock: a password reset from the local console while the
+        // hash was computed replaced the code this setup was checked against.
+        if inner.admin_hash.is_some() {
+            Self::unreserve(&mut inner, &attempt);
+            return Err(AuthError::AlreadySetUp);
         }
+        if inner.generation != generation || inner.setup_code.as_deref() != Some(expected.as_str())
+        {
+            Self::unreserve(&mut inner, &attempt);
+            return Err(AuthError::WrongSetupCode);
+        }
+        let stored = keel_core::store::write_json(
+            &self.dir.join("admin.json"),
+            &AdminRecord {
+                password_hash: hash.clone(),
+            },
+            0o600,
+        );
+        if let Err(e) = stored {
+            Self::unreserve(&mut inner, &attempt);
+            return Err(AuthError::Store(e.to_string()));
+        }
+        // A code file left behind is ignored while admin.json exists.
+        if let Err(e) = keel_core::store::remove_durable(&self.dir.join("setup-code")) {
+            tracing::warn!("removing the used setup code: {e}");
+        }
+        inner.admin_hash = Some(hash);
+        inner.setup_code = None;
+        inner.generation += 1;
+        inner.sessions.clear();
+        Self::succeeded(&mut inner, &attempt);
+        let granted = Self::new_session(&mut inner);
+        drop(inner);
         tracing::info!(%client, "admin password set with the setup code");
-        Ok(self.new_session(client))
+        Ok(granted)
     }
 
     /// Checks the admin password (argon2id: slow on purpose, call off the async
-    /// executor) and opens a session.
+    /// executor) and opens a session, unless the password changed meanwhile.
     pub fn login(
         &self,
         client: IpAddr,
         username: &str,
         password: &str,
     ) -> Result<(String, Session), AuthError> {
-        self.check_rate(client)?;
-        let hash = self
-            .inner
-            .lock()
-            .unwrap()
-            .admin_hash
-            .clone()
-            .ok_or(AuthError::NotSetUp)?;
-        let parsed = PasswordHash::new(&hash).map_err(|e| AuthError::Store(e.to_string()))?;
-        let ok = username == "admin"
-            && password.len() <= MAX_PASSWORD_LEN
-            && Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok();
+        let (attempt, hash, generation) = {
+            let mut inner = self.lock();
+            let hash = inner.admin_hash.clone().ok_or(AuthError::NotSetUp)?;
+            let attempt = self.reserve(&mut inner, client)?;
+            (attempt, hash, inner.generation)
+        };
+        let ok = username == "admin" && password.len() <= MAX_PASSWORD_LEN && {
+            let permit = self.permit(&attempt, client)?;
+            match verify_password(&hash, password.as_bytes(), &permit) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    drop(permit);
+                    Self::unreserve(&mut self.lock(), &attempt);
+                    return Err(e);
+                }
+            }
+        };
         if !ok {
-            self.record_failure(client);
+            // Already counted by `reserve`.
             tracing::warn!(%client, "failed login");
             return Err(AuthError::WrongPassword);
         }
-        self.inner.lock().unwrap().failures.remove(&client);
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            // Checked against a password that is gone: it opens nothing now.
+            Self::unreserve(&mut inner, &attempt);
+            tracing::warn!(%client, "login refused: the password changed while it was checked");
+            return Err(if inner.admin_hash.is_none() {
+                AuthError::NotSetUp
+            } else {
+                AuthError::WrongPassword
+            });
+        }
+        Self::succeeded(&mut inner, &attempt);
+        let granted = Self::new_session(&mut inner);
+        drop(inner);
         tracing::info!(%client, "admin logged in");
-        Ok(self.new_session(client))
+        Ok(granted)
     }
 
-    fn new_session(&self, _client: IpAddr) -> (String, Session) {
+    /// A new session of the current generation; the caller holds the lock, so it
+    /// cannot outlive a password change that came first.
+    fn new_session(inner: &mut Inner) -> (String, Session) {
         let token = random_hex(32);
         let now = Instant::now();
         let session = Session {
             csrf_token: random_hex(32),
             created: now,
             last_seen: now,
+            generation: inner.generation,
         };
-        let mut inner = self.inner.lock().unwrap();
         inner.sessions.retain(|_, s| s.valid(now));
         if inner.sessions.len() >= MAX_SESSIONS {
             // Drop the oldest: a flood of logins must not grow memory without bound.
@@ -283,10 +649,11 @@ impl Auth {
 
     /// The live session behind a cookie token, refreshing its idle timer.
     pub fn session(&self, token: &str) -> Option<Session> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         let now = Instant::now();
+        let generation = inner.generation;
         let valid = match inner.sessions.get_mut(token) {
-            Some(s) if s.valid(now) => {
+            Some(s) if s.valid(now) && s.generation == generation => {
                 s.last_seen = now;
                 Some(s.clone())
             }
@@ -299,7 +666,7 @@ impl Auth {
     }
 
     pub fn logout(&self, token: &str) {
-        self.inner.lock().unwrap().sessions.remove(token);
+        self.lock().sessions.remove(token);
     }
 
     /// Forgets the admin password (the local console menu: physical access is the
@@ -308,24 +675,29 @@ impl Auth {
     pub fn reset_admin_password(&self) -> Result<String, AuthError> {
         let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
         let code = new_setup_code();
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         // The code first: a crash in between leaves the old password in force (a
         // stale code file is ignored while admin.json exists), never no way in.
         keel_core::store::write_atomic(&self.dir.join("setup-code"), code.as_bytes(), 0o600)
             .map_err(store)?;
-        match std::fs::remove_file(self.dir.join("admin.json")) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AuthError::Store(format!("removing admin.json: {e}"))),
-        }
+        // Durably gone: after a power cut the old password must not come back.
+        keel_core::store::remove_durable(&self.dir.join("admin.json")).map_err(store)?;
         inner.admin_hash = None;
         inner.setup_code = Some(code.clone());
+        inner.generation += 1;
         inner.sessions.clear();
         tracing::warn!(
             "admin password reset from the local console: every session ended, new setup \
              code created (shown on the local console only)"
         );
         Ok(code)
+    }
+}
+
+/// Removes one occurrence of `at` (an attempt's own timestamp).
+fn remove_one(list: &mut Vec<Instant>, at: Instant) {
+    if let Some(i) = list.iter().position(|t| *t == at) {
+        list.remove(i);
     }
 }
 
@@ -450,6 +822,349 @@ mod tests {
             AuthError::WrongPassword
         );
         assert!(a.login(CLIENT, "admin", "battery staple").is_ok());
+    }
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn set_up(limits: AuthLimits) -> (tempfile::TempDir, Arc<Auth>) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Auth::open_with(dir.path(), limits).unwrap();
+        let code = a.setup_code().unwrap();
+        a.setup(CLIENT, &code, "correct horse").unwrap();
+        (dir, Arc::new(a))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Runs `n` logins from `client` at once; their results.
+    fn burst(a: &Arc<Auth>, n: usize, client: IpAddr, password: &str) -> Vec<AuthError> {
+        let start = Arc::new(std::sync::Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (a, start, password) = (a.clone(), start.clone(), password.to_owned());
+                std::thread::spawn(move || {
+                    start.wait();
+                    a.login(client, "admin", &password).map(|_| ()).unwrap_err()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_parallel_burst_is_counted_before_any_hash_is_checked() {
+        let (_dir, a) = set_up(AuthLimits::default());
+        let results = burst(&a, 40, CLIENT, "wrong");
+        let wrong = results
+            .iter()
+            .filter(|e| **e == AuthError::WrongPassword)
+            .count();
+        assert_eq!(wrong, MAX_FAILURES, "{results:?}");
+        assert!(results.iter().all(|e| *e == AuthError::WrongPassword
+            || matches!(e, AuthError::RateLimited(Throttle::Source(_)))));
+        // Refused attempts did not count against the account: another address
+        // logs in, and the noisy one stays locked out even with the password.
+        assert_eq!(a.lock().account.len(), MAX_FAILURES);
+        assert!(a.login(ip("192.0.2.99"), "admin", "correct horse").is_ok());
+        assert!(matches!(
+            a.login(CLIENT, "admin", "correct horse"),
+            Err(AuthError::RateLimited(Throttle::Source(_)))
+        ));
+    }
+
+    #[test]
+    fn two_hundred_wrong_logins_lock_their_source_only() {
+        let (_dir, a) = set_up(AuthLimits::default());
+        for _ in 0..200 {
+            assert!(a.login(CLIENT, "admin", "wrong").is_err());
+        }
+        let other = ip("198.51.100.7");
+        assert!(a.login(other, "admin", "correct horse").is_ok());
+    }
+
+    #[test]
+    fn the_account_has_a_budget_of_its_own() {
+        let (_dir, a) = set_up(AuthLimits::default());
+        let sources = MAX_ACCOUNT_FAILURES / MAX_FAILURES;
+        for i in 0..sources {
+            let client = ip(&format!("203.0.113.{i}"));
+            for _ in 0..MAX_FAILURES {
+                // A wrong user name fails without a (slow) hash, counted the same.
+                assert_eq!(
+                    a.login(client, "root", "wrong").unwrap_err(),
+                    AuthError::WrongPassword
+                );
+            }
+        }
+        // A fresh source is refused without its password being checked, and the
+        // refusal leaves no entry behind.
+        let fresh = ip("203.0.113.200");
+        assert!(matches!(
+            a.login(fresh, "admin", "correct horse"),
+            Err(AuthError::RateLimited(Throttle::Account(_)))
+        ));
+        assert!(!a.lock().sources.contains_key(&fresh));
+        assert_eq!(a.lock().sources.len(), sources);
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        assert_eq!(source_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(source_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(source_key(ip("192.0.2.1")), ip("192.0.2.1"));
+        let (_dir, a) = set_up(AuthLimits::default());
+        for i in 0..MAX_FAILURES {
+            let client = ip(&format!("2001:db8:0:1::{:x}", i + 1));
+            assert_eq!(
+                a.login(client, "root", "wrong").unwrap_err(),
+                AuthError::WrongPassword
+            );
+        }
+        assert!(matches!(
+            a.login(ip("2001:db8:0:1:ffff::1"), "admin", "correct horse"),
+            Err(AuthError::RateLimited(Throttle::Source(_)))
+        ));
+        assert!(a
+            .login(ip("2001:db8:0:2::1"), "admin", "correct horse")
+            .is_ok());
+        // IPv4-mapped is the same source as plain IPv4.
+        for _ in 0..MAX_FAILURES {
+            assert!(a.login(ip("192.0.2.50"), "root", "wrong").is_err());
+        }
+        assert!(matches!(
+            a.login(ip("::ffff:192.0.2.50"), "admin", "correct horse"),
+            Err(AuthError::RateLimited(Throttle::Source(_)))
+        ));
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_least_guilty_first() {
+        let limits = AuthLimits {
+            account_failures: 1000,
+            max_sources: 8,
+            ..Default::default()
+        };
+        let (_dir, a) = set_up(limits);
+        let worst = ip("192.0.2.66");
+        for _ in 0..MAX_FAILURES {
+            assert!(a.login(worst, "root", "x").is_err());
+        }
+        // A spray of other sources, one failure each.
+        for i in 0..100 {
+            let client = ip(&format!("10.0.{}.{}", i / 250, i % 250));
+            assert_eq!(
+                a.login(client, "root", "x").unwrap_err(),
+                AuthError::WrongPassword
+            );
+            assert!(a.lock().sources.len() <= 8);
+        }
+        assert!(matches!(
+            a.login(worst, "admin", "correct horse"),
+            Err(AuthError::RateLimited(Throttle::Source(_)))
+        ));
+        // Expired entries go before anyone with recent failures.
+        let limits = AuthLimits {
+            account_failures: 1000,
+            max_sources: 4,
+            window: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (_dir, a) = set_up(limits);
+        for i in 0..3 {
+            assert!(a.login(ip(&format!("10.1.0.{i}")), "root", "x").is_err());
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        for _ in 0..2 {
+            assert!(a.login(worst, "root", "x").is_err());
+        }
+        for i in 0..3 {
+            assert!(a.login(ip(&format!("10.2.0.{i}")), "root", "x").is_err());
+        }
+        let inner = a.lock();
+        assert_eq!(inner.sources.len(), 4);
+        assert_eq!(inner.sources[&worst].len(), 2);
+        assert!(!inner.sources.contains_key(&ip("10.1.0.0")));
+    }
+
+    #[test]
+    fn a_success_forgives_its_source_and_leaves_the_account_alone() {
+        let (_dir, a) = set_up(AuthLimits::default());
+        for _ in 0..MAX_FAILURES - 1 {
+            assert!(a.login(CLIENT, "admin", "wrong").is_err());
+        }
+        assert!(a.login(CLIENT, "admin", "correct horse").is_ok());
+        let inner = a.lock();
+        assert!(inner.sources.is_empty());
+        assert_eq!(inner.account.len(), MAX_FAILURES - 1);
+    }
+
+    #[test]
+    fn checks_create_no_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Auth::open(dir.path()).unwrap();
+        // Not set up: nothing to guess, nothing counted.
+        assert_eq!(
+            a.login(CLIENT, "admin", "x").unwrap_err(),
+            AuthError::NotSetUp
+        );
+        let code = a.setup_code().unwrap();
+        // The right code with a weak password is no guess either.
+        assert_eq!(
+            a.setup(CLIENT, &code, "short").unwrap_err(),
+            AuthError::WeakPassword
+        );
+        let inner = a.lock();
+        assert!(inner.sources.is_empty() && inner.account.is_empty());
+    }
+
+    #[test]
+    fn setup_codes_go_through_the_same_limiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(Auth::open(dir.path()).unwrap());
+        let code = a.setup_code().unwrap();
+        let start = Arc::new(std::sync::Barrier::new(20));
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let (a, start) = (a.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    a.setup(CLIENT, "AAAA-AAAA-AAAA", "long enough")
+                        .unwrap_err()
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let wrong = results
+            .iter()
+            .filter(|e| **e == AuthError::WrongSetupCode)
+            .count();
+        assert_eq!(wrong, MAX_FAILURES, "{results:?}");
+        assert!(matches!(
+            a.setup(CLIENT, &code, "long enough"),
+            Err(AuthError::RateLimited(Throttle::Source(_)))
+        ));
+        assert!(a.setup(ip("192.0.2.3"), &code, "long enough").is_ok());
+    }
+
+    #[test]
+    fn password_checks_run_a_few_at_a_time_and_busy_ones_are_not_counted() {
+        let limits = AuthLimits {
+            verify_permits: 2,
+            verify_queue: 1,
+            verify_wait: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let (_dir, a) = set_up(limits);
+        let p1 = a.gate.acquire().unwrap();
+        let p2 = a.gate.acquire().unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            a.login(CLIENT, "admin", "correct horse").unwrap_err(),
+            AuthError::RateLimited(Throttle::Busy)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(a.lock().sources.is_empty() && a.lock().account.is_empty());
+        // With the queue taken, the next is refused at once.
+        let a2 = a.clone();
+        let waiter = std::thread::spawn(move || a2.gate.acquire().is_some());
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        assert_eq!(
+            a.login(CLIENT, "admin", "correct horse").unwrap_err(),
+            AuthError::RateLimited(Throttle::Busy)
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // A freed permit goes to the one waiting.
+        drop(p1);
+        assert!(waiter.join().unwrap());
+        drop(p2);
+        assert!(a.login(CLIENT, "admin", "correct horse").is_ok());
+    }
+
+    #[test]
+    fn hashes_are_compatible_with_the_argon2_crate() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let gate = Gate::new(&AuthLimits::default());
+        let permit = gate.acquire().unwrap();
+        let ours = hash_password(b"correct horse", &permit).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok());
+        let theirs = Argon2::default()
+            .hash_password(b"battery staple", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(verify_password(&theirs, b"battery staple", &permit).unwrap());
+        assert!(!verify_password(&theirs, b"battery stapler", &permit).unwrap());
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+    }
+
+    #[test]
+    fn logins_in_flight_open_nothing_after_a_password_reset() {
+        let limits = AuthLimits {
+            source_failures: 10_000,
+            account_failures: 10_000,
+            verify_queue: 64,
+            verify_wait: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let (_dir, a) = set_up(limits);
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (a, stop) = (a.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let client = ip(&format!("192.0.2.{}", 10 + i));
+                    let mut tokens = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((token, _)) = a.login(client, "admin", "correct horse") {
+                            tokens.push(token);
+                        }
+                    }
+                    tokens
+                })
+            })
+            .collect();
+        // Until two of them got in (besides the setup's session) and more are under
+        // way (each check takes a while in a debug build).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while a.lock().sessions.len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let code = a.reset_admin_password().unwrap();
+        let (mine, _) = a.setup(CLIENT, &code, "battery staple").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let tokens: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert!(tokens.len() >= 2);
+        let working = tokens.iter().filter(|t| a.session(t).is_some()).count();
+        assert_eq!(working, 0, "{working} of {} tokens survived", tokens.len());
+        assert!(a.session(&mine).is_some());
+    }
+
+    #[test]
+    fn setting_a_password_ends_every_other_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Auth::open(dir.path()).unwrap();
+        let code = a.setup_code().unwrap();
+        let (old, _) = a.setup(CLIENT, &code, "correct horse").unwrap();
+        // A session the store still holds from an older generation is void.
+        a.lock().generation += 1;
+        assert!(a.session(&old).is_none());
+        let code = a.reset_admin_password().unwrap();
+        let (token, _) = a.setup(CLIENT, &code, "battery staple").unwrap();
+        assert!(a.session(&token).is_some());
+        assert_eq!(a.lock().sessions.len(), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod boot;
 pub mod certs;
 pub mod error;
 pub mod local_service;
@@ -9,4 +10,5 @@ pub mod net;
 pub mod status;
 pub mod time;
 pub mod tls;
+pub mod update;
 pub mod web;

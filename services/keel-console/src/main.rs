@@ -35,6 +35,9 @@ struct Args {
     /// Directory where power requests are dropped for root to carry out.
     #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
     requests_dir: PathBuf,
+    /// What keel-reset/keel-boot found in GRUB's environment this boot.
+    #[arg(long, default_value = keel_console::boot::DEFAULT_STATE_FILE)]
+    boot_state: PathBuf,
     /// How long first boot waits for a routable address to put into the
     /// self-signed certificate.
     #[arg(long, default_value_t = 15)]
@@ -74,12 +77,47 @@ async fn wait_for_address(limit: Duration) -> Vec<std::net::IpAddr> {
     }
 }
 
+/// File descriptors kept for what is not a client connection: listeners, the
+/// local API and its clients, certificate files, the journal.
+const RESERVED_FDS: u64 = 64;
+
+/// The default connection limits, within the file descriptors the console may
+/// open. systemd's default soft limit (1024) is no more than the connection cap
+/// alone, so the soft limit is raised as far as the cap needs (the hard limit
+/// allowing); if it cannot be, the cap comes down instead.
+fn connection_limits() -> tls::ConnLimits {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let mut limits = tls::ConnLimits::default();
+    let wanted = limits.max_connections as u64 + RESERVED_FDS;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let mut soft = soft;
+            if soft < wanted {
+                let raised = wanted.min(hard);
+                match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+                    Ok(()) => soft = raised,
+                    Err(e) => tracing::warn!("raising RLIMIT_NOFILE to {raised}: {e}"),
+                }
+            }
+            let room = soft.saturating_sub(RESERVED_FDS).max(1) as usize;
+            if room < limits.max_connections {
+                tracing::warn!("{soft} file descriptors: at most {room} connections");
+                limits.max_connections = room;
+            }
+        }
+        Err(e) => tracing::warn!("RLIMIT_NOFILE: {e}"),
+    }
+    limits.max_per_source = limits.max_per_source.min(limits.max_connections);
+    limits
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     keel_core::logging::init("keel-console");
     let args = Args::parse();
     keel_console::time::set_socket(args.timed_socket.clone());
     keel_console::net::set_socket(args.netd_socket.clone());
+    keel_console::boot::set_state_file(args.boot_state.clone());
 
     let hostname = nix::unistd::gethostname()
         .ok()
@@ -123,15 +161,26 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let router = certs::with_certs(app::router(state.clone()), certs_state);
+    // One limiter for every listener: the limits are on the process's descriptors.
+    let limiter = tls::ConnLimiter::new(connection_limits());
     for addr in &args.https {
         let listener = bind_tcp(*addr).await?;
         tracing::info!("HTTPS on {addr}");
-        tokio::spawn(tls::serve_https(listener, resolver.clone(), router.clone()));
+        tokio::spawn(tls::serve_https_limited(
+            listener,
+            resolver.clone(),
+            router.clone(),
+            limiter.clone(),
+        ));
     }
     if args.http != "none" {
         let addr: SocketAddr = args.http.parse().context("--http")?;
         let listener = bind_tcp(addr).await?;
-        tokio::spawn(tls::serve_plain(listener, app::redirect_router()));
+        tokio::spawn(tls::serve_plain_limited(
+            listener,
+            app::redirect_router(),
+            limiter.clone(),
+        ));
     }
 
     keel_core::notify::ready_until_stopped().await?;

@@ -12,7 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use keel_certs::Serving;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::app::ClientAddr;
@@ -146,11 +146,136 @@ impl TlsConfigs for Arc<CertResolver> {
     }
 }
 
-/// Slow or silent clients must not hold a connection slot forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many connections the console keeps open, and for how long when they are
+/// slow or silent. Every connection holds a file descriptor (and up to
+/// `MAX_CONNECTION_BUFFER` of buffered request), so these bound both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open connections at once, over every listener sharing the limiter; past it
+    /// new ones are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Open connections per source (an IPv4 address or an IPv6 /64), so that one
+    /// client cannot take all of `max_connections`.
+    pub max_per_source: usize,
+    /// Time for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time to send a request's headers, counted from when the server starts
+    /// waiting for them: before the first byte of a new connection and again each
+    /// time a keep-alive connection goes idle, so it is also how long an idle
+    /// connection is kept.
+    pub header_read_timeout: Duration,
+}
 
-/// Accepts TLS connections on `listener` and serves `router` on each.
-pub async fn serve_https<C: TlsConfigs>(listener: TcpListener, configs: C, router: axum::Router) {
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            // Below the unit's file descriptor limit with room for everything else
+            // the console opens (see `main`, which raises the soft limit).
+            max_connections: 1024,
+            // A browser opens ~6 per host; a NATed office shares one address.
+            max_per_source: 64,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The most a connection buffers of a request (headers longer than this are
+/// refused): 1024 connections × 64 KiB = 64 MiB at worst, where hyper's default
+/// (~400 KiB) would allow ~400 MiB.
+pub const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
+/// Counts open connections, in total and per source; shared by the listeners.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    limits: ConnLimits,
+    state: Mutex<ConnState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    open: usize,
+    per_source: HashMap<IpAddr, usize>,
+    /// Refused since the last warning (warnings are at most one a minute).
+    refused: u64,
+    warned: Option<std::time::Instant>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    source: IpAddr,
+}
+
+impl ConnLimiter {
+    pub fn new(limits: ConnLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            state: Mutex::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &ConnLimits {
+        &self.limits
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).open
+    }
+
+    /// A place for a connection from `peer`, or `None` when it is over a limit.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnGuard> {
+        let source = crate::auth::source_key(peer);
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let from_source = s.per_source.get(&source).copied().unwrap_or(0);
+        if s.open >= self.limits.max_connections || from_source >= self.limits.max_per_source {
+            s.refused += 1;
+            let now = std::time::Instant::now();
+            if s.warned
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+            {
+                tracing::warn!(
+                    %source,
+                    open = s.open,
+                    from_source,
+                    "connection limit reached: {} connection(s) refused",
+                    s.refused
+                );
+                s.refused = 0;
+                s.warned = Some(now);
+            }
+            return None;
+        }
+        s.open += 1;
+        *s.per_source.entry(source).or_default() += 1;
+        Some(ConnGuard {
+            limiter: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.open -= 1;
+        if let Some(n) = s.per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The next connection `limiter` admits; others are closed at once. Never gives
+/// up: a failed accept (e.g. out of file descriptors) is retried shortly.
+async fn accept(
+    listener: &TcpListener,
+    limiter: &Arc<ConnLimiter>,
+) -> (TcpStream, SocketAddr, ConnGuard) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -160,38 +285,80 @@ pub async fn serve_https<C: TlsConfigs>(listener: TcpListener, configs: C, route
                 continue;
             }
         };
+        match limiter.admit(peer.ip()) {
+            Some(guard) => return (tcp, peer, guard),
+            None => drop(tcp),
+        }
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves `router` on each, with the
+/// default limits (its own limiter).
+pub async fn serve_https<C: TlsConfigs>(listener: TcpListener, configs: C, router: axum::Router) {
+    serve_https_limited(
+        listener,
+        configs,
+        router,
+        ConnLimiter::new(ConnLimits::default()),
+    )
+    .await
+}
+
+/// `serve_https` within `limiter` (which other listeners may share).
+pub async fn serve_https_limited<C: TlsConfigs>(
+    listener: TcpListener,
+    configs: C,
+    router: axum::Router,
+    limiter: Arc<ConnLimiter>,
+) {
+    loop {
+        // Counted before the handshake: that is where a silent client waits.
+        let (tcp, peer, guard) = accept(&listener, &limiter).await;
         let Some(config) = configs.config_for(tcp.local_addr().ok()) else {
             continue;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let router = router.clone();
+        let limits = limiter.limits().clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            serve_connection(TokioIo::new(tls), peer, router).await;
+            let _guard = guard;
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            serve_connection(TokioIo::new(tls), peer, router, &limits).await;
         });
     }
 }
 
-/// Accepts plain TCP connections (the redirect to HTTPS).
+/// Accepts plain TCP connections (the redirect to HTTPS), with the default limits.
 pub async fn serve_plain(listener: TcpListener, router: axum::Router) {
+    serve_plain_limited(listener, router, ConnLimiter::new(ConnLimits::default())).await
+}
+
+/// `serve_plain` within `limiter`.
+pub async fn serve_plain_limited(
+    listener: TcpListener,
+    router: axum::Router,
+    limiter: Arc<ConnLimiter>,
+) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+        let (tcp, peer, guard) = accept(&listener, &limiter).await;
         let router = router.clone();
-        tokio::spawn(serve_connection(TokioIo::new(tcp), peer, router));
+        let limits = limiter.limits().clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_connection(TokioIo::new(tcp), peer, router, &limits).await;
+        });
     }
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, router: axum::Router)
+async fn serve_connection<I>(io: I, peer: SocketAddr, router: axum::Router, limits: &ConnLimits)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -201,7 +368,8 @@ where
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(20))
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER)
         .serve_connection(io, TowerToHyperService::new(service))
         .await;
     if let Err(e) = result {

@@ -36,8 +36,11 @@ struct BasicsPage {
     error: Option<String>,
     s: keel_api::Status,
     uptime: String,
+    boot: Option<crate::boot::BootView>,
     certs: Option<crate::certs::BasicsCerts>,
     time: crate::time::TimeView,
+    /// The last update's outcome, when keel-update has one.
+    update: Option<crate::update::OutcomeLine>,
 }
 
 #[derive(Template)]
@@ -118,7 +121,7 @@ async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
-    let time = crate::time::basics_view().await;
+    let (time, update) = tokio::join!(crate::time::basics_view(), crate::update::basics_line());
     let s = st.status();
     let uptime = human_duration(s.uptime_seconds);
     render(
@@ -126,10 +129,12 @@ async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response 
         BasicsPage {
             csrf,
             error,
+            boot: crate::boot::view(s.boot.as_ref()),
             s,
             uptime,
             certs: crate::certs::basics_view(st),
             time,
+            update,
         },
     )
 }
@@ -147,7 +152,7 @@ struct SetupForm {
 }
 
 fn status_of(e: &AuthError) -> StatusCode {
-    crate::error::ApiError::from(e.clone()).status
+    app::auth_error(e.clone()).status
 }
 
 fn logged_in(token: &str) -> Response {

@@ -45,6 +45,11 @@ pub enum LocalApiError {
         #[source]
         source: nix::Error,
     },
+    #[error("socket passed by systemd (LISTEN_FDS): {source}")]
+    Inherited {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Binds `path` (replacing a stale socket) with permission bits `mode`.
@@ -89,6 +94,57 @@ pub fn bind_for(path: &Path, group: Option<&str>) -> Result<UnixListener, LocalA
     Ok(listener)
 }
 
+/// The listening socket systemd passed (socket activation: `LISTEN_PID` is this
+/// process, `LISTEN_FDS=1`, the socket is fd 3), or `None` when it passed none
+/// (started by hand, or `LISTEN_PID` names another process). The descriptor is
+/// made close-on-exec and non-blocking; `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` are removed from the environment either way, so the socket is
+/// taken once and a child never mistakes it for its own.
+///
+/// More than one socket, or fd 3 not a listening Unix stream socket, is an error
+/// (the unit is wrong). Call it inside the tokio runtime (the listener registers
+/// with it) and before other threads start: it changes the environment.
+pub fn inherited_listener() -> Result<Option<UnixListener>, LocalApiError> {
+    use nix::sys::socket::{
+        getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
+    };
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let err = |source| LocalApiError::Inherited { source };
+    let invalid = |m: String| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
+    // sd_listen_fds(3): checks LISTEN_PID, sets FD_CLOEXEC, unsets both variables.
+    let fds = sd_notify::listen_fds().map(|fds| fds.collect::<Vec<_>>());
+    std::env::remove_var("LISTEN_FDNAMES");
+    let fds = fds.map_err(err)?;
+    let fd = match fds.as_slice() {
+        [] => return Ok(None),
+        [fd] => *fd,
+        more => {
+            return Err(invalid(format!(
+                "{} sockets passed, one expected",
+                more.len()
+            )))
+        }
+    };
+    // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is ours)
+    // and nothing else in it knows the number: the variables naming it are gone, so
+    // it is owned here exactly once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sys = |e: nix::Error| err(std::io::Error::from(e));
+    let stream = getsockopt(&owned, sockopt::SockType).map_err(sys)? == SockType::Stream;
+    let unix =
+        getsockname::<SockaddrStorage>(fd).map_err(sys)?.family() == Some(AddressFamily::Unix);
+    let listening = getsockopt(&owned, sockopt::AcceptConn).map_err(sys)?;
+    if !(stream && unix && listening) {
+        return Err(invalid(format!(
+            "fd {fd} is not a listening Unix stream socket (ListenStream= with a path)"
+        )));
+    }
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener.set_nonblocking(true).map_err(err)?;
+    UnixListener::from_std(listener).map(Some).map_err(err)
+}
+
 /// Serves `router` on a bound Unix listener until the task is dropped.
 pub async fn serve(listener: UnixListener, router: axum::Router) -> std::io::Result<()> {
     axum::serve(listener, router).await
@@ -115,21 +171,53 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<R, LocalApiError> {
-        let bytes = self.call_raw(method, path, body).await?;
-        let bytes = if bytes.is_empty() {
-            Bytes::from_static(b"null")
-        } else {
-            bytes
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b)?,
+            None => Vec::new(),
         };
-        Ok(serde_json::from_slice(&bytes)?)
+        let bytes = self
+            .send(
+                method,
+                path,
+                "application/json",
+                Full::new(Bytes::from(payload)),
+            )
+            .await?;
+        json_answer(bytes)
     }
 
-    async fn call_raw<B: Serialize>(
+    /// Sends a request whose body is streamed as it is produced (e.g. a file or a
+    /// browser upload forwarded as it arrives), never collected first; the answer
+    /// is JSON as for [`Client::call`]. A body with an exact size hint is sent with
+    /// `Content-Length`, otherwise chunked.
+    pub async fn call_stream<B, R>(
         &self,
         method: &str,
         path: &str,
-        body: Option<&B>,
-    ) -> Result<Bytes, LocalApiError> {
+        content_type: &str,
+        body: B,
+    ) -> Result<R, LocalApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        R: DeserializeOwned,
+    {
+        json_answer(self.send(method, path, content_type, body).await?)
+    }
+
+    /// One request on a new connection; the answer's body, or the service's
+    /// refusal as `LocalApiError::Status`.
+    async fn send<B>(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: B,
+    ) -> Result<Bytes, LocalApiError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -141,16 +229,12 @@ impl Client {
             .await
             .map_err(|e| LocalApiError::Http(e.to_string()))?;
         tokio::spawn(conn);
-        let payload = match body {
-            Some(b) => serde_json::to_vec(b)?,
-            None => Vec::new(),
-        };
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(payload)))
+            .header("content-type", content_type)
+            .body(body)
             .map_err(|e| LocalApiError::Http(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -175,6 +259,16 @@ impl Client {
         }
         Ok(bytes)
     }
+}
+
+/// An answer's JSON (an empty body reads as `null`, for `()` answers).
+fn json_answer<R: DeserializeOwned>(bytes: Bytes) -> Result<R, LocalApiError> {
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"null")
+    } else {
+        bytes
+    };
+    Ok(serde_json::from_slice(&bytes)?)
 }
 
 #[cfg(test)]
@@ -212,6 +306,122 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "409: busy");
+    }
+
+    const CHILD: &str = "local_api::tests::inherited_child";
+
+    /// Runs [`inherited_child`] in a new process of this test binary with `fd3` as
+    /// its fd 3 and the socket-activation variables set as systemd sets them:
+    /// `LISTEN_PID` by a shell that then execs (the pid stays the same).
+    fn run_child(case: &str, fd3: std::os::fd::RawFd, listen_pid: &str, socket: &Path) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("LISTEN_PID={listen_pid} exec \"$0\" \"$@\""))
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                CHILD,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("LISTEN_FDS", if case == "two" { "2" } else { "1" })
+            .env("KEEL_INHERIT_CASE", case)
+            .env("KEEL_INHERIT_SOCKET", socket);
+        // SAFETY: between fork and exec only dup2 and fcntl run (async-signal-safe);
+        // dup2 onto fd 3 clears close-on-exec, and so does fcntl when it is fd 3.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = if fd3 == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd3, 3)
+                };
+                if r == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "case {case}: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+
+    #[test]
+    fn inherited_listener_takes_what_systemd_passes() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("activated.sock");
+        // Bound here as systemd binds a ListenStream= socket; the child only accepts.
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        run_child("ours", listener.as_raw_fd(), "$$", &sock);
+        run_child("other-pid", listener.as_raw_fd(), "1", &sock);
+        run_child("two", listener.as_raw_fd(), "$$", &sock);
+        let not_listening = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        run_child("not-listening", not_listening.as_raw_fd(), "$$", &sock);
+        let file = std::fs::File::open(dir.path()).unwrap();
+        run_child("not-a-socket", file.as_raw_fd(), "$$", &sock);
+    }
+
+    /// The child half of [`inherited_listener_takes_what_systemd_passes`]; does
+    /// nothing when run any other way.
+    #[test]
+    #[ignore = "run by inherited_listener_takes_what_systemd_passes in its own process"]
+    fn inherited_child() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+        let Ok(case) = std::env::var("KEEL_INHERIT_CASE") else {
+            return;
+        };
+        let socket = PathBuf::from(std::env::var("KEEL_INHERIT_SOCKET").unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let got = inherited_listener();
+            for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                assert!(std::env::var_os(var).is_none(), "{var} left set ({case})");
+            }
+            match case.as_str() {
+                "ours" => {
+                    let listener = got.unwrap().expect("no listener from fd 3");
+                    let fd = 3;
+                    let fd_flags =
+                        FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+                    assert!(fd_flags.contains(FdFlag::FD_CLOEXEC));
+                    let fl = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+                    assert!(fl.contains(OFlag::O_NONBLOCK));
+                    // Taken once: the variables are gone.
+                    assert!(inherited_listener().unwrap().is_none());
+                    let router = axum::Router::new().route(
+                        "/hello",
+                        get(|| async { Json(serde_json::json!({"hi": 3})) }),
+                    );
+                    tokio::spawn(serve(listener, router));
+                    let v: serde_json::Value = Client::new(&socket)
+                        .call::<(), _>("GET", "/hello", None)
+                        .await
+                        .unwrap();
+                    assert_eq!(v["hi"], 3);
+                }
+                "other-pid" => {
+                    assert!(got.unwrap().is_none());
+                    // Not ours to take: fd 3 is left alone.
+                    assert!(fcntl(3, FcntlArg::F_GETFD).is_ok());
+                }
+                _ => {
+                    let e = got.unwrap_err();
+                    assert!(e.to_string().contains("socket passed by systemd"), "{e}");
+                }
+            }
+        });
     }
 
     #[tokio::test]

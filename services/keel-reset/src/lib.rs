@@ -7,8 +7,10 @@
 //! unrecoverable), a fresh ext4 is made, and only then is the request cleared. A
 //! power cut anywhere in between leaves the request set, so the next boot resumes.
 //! Installed software and the active slot are not touched.
-
-pub mod grubenv;
+//!
+//! All access to GRUB's environment goes through keel-boot (two copies, verified
+//! writes). An environment that cannot be read is *no reset requested*: it is
+//! reported, never an error that would stop the boot.
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
@@ -16,13 +18,15 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const RESET_KEY: &str = "keel_reset";
-pub const POWEROFF_KEY: &str = "keel_reset_poweroff";
+use keel_boot::{
+    boot_state, record_state, unavailable_state, BootEnv, BootState, Esp, EspError, Slot,
+};
+pub use keel_boot::{POWEROFF_KEY, RESET_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
     #[error(transparent)]
-    Env(#[from] grubenv::EnvError),
+    Env(#[from] keel_boot::BootError),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error("making the new data filesystem failed: {0}")]
@@ -36,23 +40,38 @@ pub enum Outcome {
     Reset { power_off: bool },
 }
 
-pub fn request(env: &grubenv::GrubEnv, power_off: bool) -> Result<(), ResetError> {
-    let mut pairs = vec![(RESET_KEY, "1")];
-    if power_off {
-        pairs.push((POWEROFF_KEY, "1"));
+/// The early-boot step's result: what it did and what it read.
+#[derive(Debug)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// The environment as read before anything was done.
+    pub status: keel_boot::Status,
+    /// The reset was done but its request could not be cleared (why).
+    pub not_cleared: Option<String>,
+}
+
+impl Report {
+    /// What the admin should hear about: an unreadable copy, a request that could
+    /// not be cleared.
+    pub fn problem(&self) -> Option<String> {
+        join_problems([self.status.problem(), self.not_cleared.clone()])
     }
-    env.set(&pairs)?;
+}
+
+/// Joins the problems there are with "; ".
+pub fn join_problems(problems: impl IntoIterator<Item = Option<String>>) -> Option<String> {
+    let all: Vec<String> = problems.into_iter().flatten().collect();
+    (!all.is_empty()).then(|| all.join("; "))
+}
+
+pub fn request(env: &BootEnv, power_off: bool) -> Result<(), ResetError> {
+    env.request_reset(power_off)?;
     Ok(())
 }
 
-pub fn requested(env: &grubenv::GrubEnv) -> Result<Option<bool>, ResetError> {
-    let vars = env.read()?;
-    if vars.get(RESET_KEY).map(String::as_str) != Some("1") {
-        return Ok(None);
-    }
-    Ok(Some(
-        vars.get(POWEROFF_KEY).map(String::as_str) == Some("1"),
-    ))
+/// `Some(power_off)` when a reset is pending; an unreadable environment is `None`.
+pub fn requested(env: &BootEnv) -> Option<bool> {
+    env.status().reset()
 }
 
 // BLKGETSIZE64 and BLKZEROOUT from <linux/fs.h>.
@@ -118,15 +137,117 @@ pub fn make_data_fs(path: &Path) -> Result<(), ResetError> {
 
 /// The early-boot step: when a reset is requested, wipe and recreate the data
 /// filesystem, then clear the request (last, so a power cut resumes the reset).
-pub fn carry_out(env: &grubenv::GrubEnv, data: &Path) -> Result<Outcome, ResetError> {
-    let Some(power_off) = requested(env)? else {
-        return Ok(Outcome::NotRequested);
+///
+/// An unreadable environment is `NotRequested` with a problem. Zeroing or mkfs
+/// failing is an error (the request stays; keel-reset.service reboots to retry). A
+/// request that cannot be cleared after the erase is a problem, not an error: the
+/// reset is done, and a reboot loop would make the box unreachable.
+pub fn carry_out(env: &BootEnv, data: &Path) -> Result<Report, ResetError> {
+    let status = env.status();
+    let Some(power_off) = status.reset() else {
+        return Ok(Report {
+            outcome: Outcome::NotRequested,
+            status,
+            not_cleared: None,
+        });
     };
     eprintln!("keel-reset: factory reset: erasing {}", data.display());
     let bytes = zero_device(data)?;
     eprintln!("keel-reset: {} MiB zeroed", bytes >> 20);
     make_data_fs(data)?;
-    env.unset(&[RESET_KEY, POWEROFF_KEY])?;
+    let not_cleared = env.clear_reset().err().map(|e| {
+        let msg = format!("factory reset done, but its request could not be cleared: {e}");
+        eprintln!("keel-reset: {msg}");
+        msg
+    });
     eprintln!("keel-reset: data erased; first-boot provisioning follows");
-    Ok(Outcome::Reset { power_off })
+    Ok(Report {
+        outcome: Outcome::Reset { power_off },
+        status,
+        not_cleared,
+    })
+}
+
+/// What `keel-reset early` did, and the boot state it recorded.
+#[derive(Debug)]
+pub struct Early {
+    pub outcome: Outcome,
+    pub state: BootState,
+}
+
+const EARLY: &str = "keel-reset early";
+
+fn record(path: &Path, state: &BootState) {
+    if path.as_os_str() == "none" {
+        return;
+    }
+    if let Err(e) = record_state(path, state.clone()) {
+        eprintln!("keel-reset: boot state file: {e}");
+    }
+}
+
+/// `keel-reset early`: confirm a boot-menu request (`keel.reset=ask` on `cmdline`,
+/// `confirm` asks on the terminals), carry out a pending reset, record the boot
+/// state in `state_file` ("none": nowhere).
+///
+/// Nothing about GRUB's environment stops the boot: an ESP that does not mount or
+/// an environment that cannot be read is logged, recorded for the console and
+/// means "no reset requested". Only a requested reset that fails (zeroing, mkfs)
+/// is an error: the request stays and keel-reset.service reboots to retry.
+pub fn early(
+    esp: Result<Esp, EspError>,
+    data: &Path,
+    cmdline: &str,
+    confirm: &dyn Fn() -> bool,
+    state_file: &Path,
+) -> Result<Early, ResetError> {
+    let ask = cmdline.split_whitespace().any(|w| w == "keel.reset=ask");
+    let running = Slot::from_cmdline(cmdline);
+    let esp = match esp {
+        Ok(esp) => esp,
+        Err(e) => {
+            let problem = format!(
+                "ESP unavailable ({e}): boot environment not read, no factory reset assumed"
+            );
+            eprintln!("keel-reset: {problem}");
+            let state = unavailable_state(problem, running, EARLY);
+            record(state_file, &state);
+            return Ok(Early {
+                outcome: Outcome::NotRequested,
+                state,
+            });
+        }
+    };
+    let env = esp.env();
+    let first = env.status();
+    let mut not_recorded = None;
+    if ask && first.reset().is_none() && confirm() {
+        if let Err(e) = request(&env, false) {
+            let msg = format!(
+                "factory reset confirmed at the boot menu but not recorded ({e}): nothing erased"
+            );
+            eprintln!("keel-reset: {msg}");
+            not_recorded = Some(msg);
+        }
+    }
+    let report = match carry_out(&env, data) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut state = boot_state(&first, &env.status(), false, running, EARLY);
+            state.problem =
+                join_problems([first.problem(), Some(format!("factory reset failed: {e}"))]);
+            record(state_file, &state);
+            return Err(e);
+        }
+    };
+    let mut state = boot_state(&first, &env.status(), false, running, EARLY);
+    state.problem = join_problems([first.problem(), not_recorded, report.not_cleared]);
+    if let Some(p) = &state.problem {
+        eprintln!("keel-reset: {p}");
+    }
+    record(state_file, &state);
+    Ok(Early {
+        outcome: report.outcome,
+        state,
+    })
 }

@@ -2,19 +2,21 @@
 //! out early at boot (see the library docs for the sequence).
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
-use keel_reset::{grubenv::GrubEnv, Outcome};
+use keel_boot::Esp;
+use keel_reset::Outcome;
 
 #[derive(Parser)]
 #[command(version, about = "Keel factory reset")]
 struct Cli {
-    /// GRUB environment block to use instead of the ESP's (tests).
+    /// A directory laid out like the ESP (grub/grubenv, grub/grubenv.bak) instead of
+    /// mounting the ESP (tests).
     #[arg(long, global = true)]
-    env_file: Option<PathBuf>,
+    esp_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,51 +41,10 @@ enum Command {
         /// How long the confirmation waits before booting normally.
         #[arg(long, default_value_t = 120)]
         confirm_timeout: u64,
+        /// Where the boot state is recorded for the console; "none" for nowhere.
+        #[arg(long, default_value = keel_boot::STATE_FILE)]
+        state_file: PathBuf,
     },
-}
-
-const ESP_DEVICE: &str = "/dev/disk/by-partlabel/esp";
-const ESP_MOUNT: &str = "/boot/efi";
-
-/// The ESP, mounted for as long as this lives.
-struct Esp {
-    mounted: bool,
-}
-
-impl Esp {
-    fn mount() -> anyhow::Result<Self> {
-        use nix::mount::{mount, MsFlags};
-        mount(
-            Some(ESP_DEVICE),
-            ESP_MOUNT,
-            Some("vfat"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        )
-        .with_context(|| format!("mounting {ESP_DEVICE} on {ESP_MOUNT}"))?;
-        Ok(Self { mounted: true })
-    }
-}
-
-impl Drop for Esp {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = nix::mount::umount(ESP_MOUNT);
-        }
-    }
-}
-
-fn with_env<T>(
-    env_file: &Option<PathBuf>,
-    f: impl FnOnce(&GrubEnv) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    match env_file {
-        Some(p) => f(&GrubEnv::new(p)),
-        None => {
-            let _esp = Esp::mount()?;
-            f(&GrubEnv::new(Path::new(ESP_MOUNT).join("grub/grubenv")))
-        }
-    }
 }
 
 /// A boot-menu reset (`keel.reset=ask` on the kernel command line) needs a typed
@@ -130,10 +91,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Request { poweroff } => {
-            with_env(&cli.env_file, |env| {
-                keel_reset::request(env, poweroff)?;
-                Ok(())
-            })?;
+            let esp = Esp::open(cli.esp_dir.as_deref())?;
+            keel_reset::request(&esp.env(), poweroff)?;
             println!("factory reset requested; it is carried out at the next boot");
         }
         Command::Early {
@@ -141,19 +100,17 @@ fn main() -> anyhow::Result<()> {
             cmdline,
             ttys,
             confirm_timeout,
+            state_file,
         } => {
             let cmdline = std::fs::read_to_string(&cmdline).unwrap_or_default();
-            let ask = cmdline.split_whitespace().any(|w| w == "keel.reset=ask");
-            let outcome = with_env(&cli.env_file, |env| {
-                if ask
-                    && keel_reset::requested(env)?.is_none()
-                    && confirm_on_terminals(&ttys, Duration::from_secs(confirm_timeout))
-                {
-                    keel_reset::request(env, false)?;
-                }
-                Ok(keel_reset::carry_out(env, &data)?)
-            })?;
-            if outcome == (Outcome::Reset { power_off: true }) {
+            let done = keel_reset::early(
+                Esp::open(cli.esp_dir.as_deref()),
+                &data,
+                &cmdline,
+                &|| confirm_on_terminals(&ttys, Duration::from_secs(confirm_timeout)),
+                &state_file,
+            )?;
+            if done.outcome == (Outcome::Reset { power_off: true }) {
                 let status = std::process::Command::new("systemctl")
                     .args(["poweroff", "--no-block"])
                     .status()?;

@@ -85,7 +85,9 @@ impl Args {
 
 async fn once(args: &Args, servers: Vec<String>) -> anyhow::Result<i32> {
     let mut settings = args.settings();
+    // Only looks: the running service is the one writer of timed's files.
     settings.timesyncd_dropin = None;
+    settings.forget_manual = false;
     if !servers.is_empty() {
         // A throwaway data root holding just this list.
         let dir = std::env::temp_dir().join(format!("keel-timed-once-{}", std::process::id()));

@@ -37,6 +37,10 @@ pub struct Settings {
     pub timesyncd: TimesyncdPaths,
     /// Where to render the timesyncd drop-in (`None`: leave timesyncd alone).
     pub timesyncd_dropin: Option<PathBuf>,
+    /// A check that finds the servers answering removes the hand-set record. The
+    /// service does; `keel-timed once` from a shell does not, so the running
+    /// service stays the only writer of `manual.json`.
+    pub forget_manual: bool,
 }
 
 impl Settings {
@@ -51,6 +55,7 @@ impl Settings {
             gate_max_age: Duration::from_secs(600),
             timesyncd: TimesyncdPaths::default(),
             timesyncd_dropin: None,
+            forget_manual: true,
         }
     }
 }
@@ -109,6 +114,11 @@ pub struct Timed {
     clock: Box<dyn ClockSetter>,
     latest: Mutex<Option<Latest>>,
     check_lock: tokio::sync::Mutex<()>,
+    /// Held across every read-modify-write of timed's files (config.json,
+    /// manual.json, the timesyncd drop-in): a check rendering the drop-in from the
+    /// list it read must not interleave with a list being set, nor two lists being
+    /// set with each other. Never held across an await.
+    files: Mutex<()>,
     boot_id: String,
 }
 
@@ -119,6 +129,7 @@ impl Timed {
             clock,
             latest: Mutex::new(None),
             check_lock: tokio::sync::Mutex::new(()),
+            files: Mutex::new(()),
             boot_id: system::boot_id(),
         })
     }
@@ -129,6 +140,10 @@ impl Timed {
 
     fn lock_latest(&self) -> std::sync::MutexGuard<'_, Option<Latest>> {
         self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The last verdict, if any check finished yet.
@@ -154,23 +169,34 @@ impl Timed {
         }
         let started = Instant::now();
         let mut warnings = Vec::new();
-        let list = config::load_servers(&self.settings.paths).unwrap_or_else(|e| {
-            tracing::error!("NTP server list: {e}");
-            warnings.push(format!("the NTP server list could not be read: {e}"));
-            config::ServerList {
-                servers: Vec::new(),
-                source: config::Source::Timed,
-                path: self.settings.paths.config.clone(),
-            }
-        });
-        self.render_timesyncd(&list.servers);
+        let list = {
+            let _files = self.lock_files();
+            let list = config::load_servers(&self.settings.paths).unwrap_or_else(|e| {
+                tracing::error!("NTP server list: {e}");
+                warnings.push(format!("the NTP server list could not be read: {e}"));
+                config::ServerList {
+                    servers: Vec::new(),
+                    source: config::Source::Timed,
+                    path: self.settings.paths.config.clone(),
+                }
+            });
+            self.render_timesyncd(&list.servers);
+            list
+        };
         let outcomes = sntp::check_servers(&list.servers, &self.settings.options).await;
         let manual = self.manual_record();
         let mut v = self.derive(&outcomes, list.source.as_str(), manual.as_ref(), started);
         v.warnings.extend(warnings);
-        if manual.is_some() && matches!(v.state, TimeState::Ok | TimeState::Skewed) {
-            // Servers answer again: the hand-set time is history.
-            let _ = std::fs::remove_file(&self.settings.paths.manual);
+        if self.settings.forget_manual
+            && manual.is_some()
+            && matches!(v.state, TimeState::Ok | TimeState::Skewed)
+        {
+            // Servers answer again: the hand-set time is history. Durably: a
+            // power cut must not bring the record (and a "manual" verdict) back.
+            let _files = self.lock_files();
+            if let Err(e) = keel_core::store::remove_durable(&self.settings.paths.manual) {
+                tracing::warn!("{e}");
+            }
         }
         self.store(v.clone(), outcomes);
         v
@@ -264,6 +290,7 @@ impl Timed {
 
     /// Stores timed's own server list (refused while netd owns it).
     pub fn set_servers(&self, servers: &[String]) -> Result<NtpServerList, TimedError> {
+        let _files = self.lock_files();
         let list = config::save_servers(&self.settings.paths, servers)?;
         tracing::info!(servers = ?list.servers, "NTP server list set");
         self.render_timesyncd(&list.servers);
@@ -302,10 +329,13 @@ impl Timed {
             previous: verdict::rfc3339(previous),
             boot_id: self.boot_id.clone(),
         };
-        if let Some(dir) = self.settings.paths.manual.parent() {
-            keel_core::store::ensure_dir(dir, 0o755)?;
+        {
+            let _files = self.lock_files();
+            if let Some(dir) = self.settings.paths.manual.parent() {
+                keel_core::store::ensure_dir(dir, 0o755)?;
+            }
+            keel_core::store::write_json(&self.settings.paths.manual, &record, 0o644)?;
         }
-        keel_core::store::write_json(&self.settings.paths.manual, &record, 0o644)?;
         tracing::warn!(set_at = %record.set_at, previous = %record.previous, "clock set by hand");
         Ok(record)
     }

@@ -3,10 +3,13 @@
 mod certs;
 mod menu;
 mod net;
+mod netd_reload;
 mod time;
+mod update;
 
+use std::ffi::OsStr;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -85,10 +88,21 @@ enum Command {
     Time(time::TimeArgs),
     /// Network: addresses, gateways, routes, DNS, hostname, NTP list (commit-confirm).
     Net(net::NetArgs),
+    /// Updates: status, install a bundle file, roll back to the previous version.
+    Update(update::UpdateArgs),
     /// Carry out power requests dropped by the console (run as root by a path unit).
     ApplyRequests {
         #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
         dir: PathBuf,
+    },
+    /// Carry out keel-netd's reload request (run as root by a path unit): restart
+    /// networkd or resolved, set the kernel hostname.
+    NetdReload {
+        #[arg(long, default_value = "/run/keel/netd")]
+        dir: PathBuf,
+        /// The service user whose files are read there (besides root's).
+        #[arg(long, default_value = "keel-netd")]
+        user: String,
     },
 }
 
@@ -112,6 +126,21 @@ fn render_status(s: &Status) -> String {
     ));
     for p in &s.processes {
         out.push_str(&format!("memory:    {} {} KiB\n", p.name, p.rss_kib));
+    }
+    if let Some(b) = &s.boot {
+        let trial = b
+            .trial
+            .as_ref()
+            .map(|t| format!(", trial {} ({} left)", t.slot, t.tries_left));
+        out.push_str(&format!(
+            "boot:      good slot {}{}\n",
+            b.good_slot,
+            trial.unwrap_or_default()
+        ));
+        if let Some(p) = &b.problem {
+            let fixed = if b.repaired { " (repaired)" } else { "" };
+            out.push_str(&format!("WARNING:   {p}{fixed}\n"));
+        }
     }
     out
 }
@@ -191,52 +220,122 @@ fn systemctl(verb: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What carrying out a request runs; tests substitute their own.
+trait Executor {
+    /// `keel-reset request [--poweroff]`: the reset happens early in the next boot.
+    fn request_reset(&mut self, poweroff: bool) -> anyhow::Result<()>;
+    /// `systemctl VERB --no-block`: done once systemd accepted the job.
+    fn systemctl(&mut self, verb: &str) -> anyhow::Result<()>;
+}
+
+struct System;
+
+impl Executor for System {
+    fn request_reset(&mut self, poweroff: bool) -> anyhow::Result<()> {
+        let mut cmd = std::process::Command::new("keel-reset");
+        cmd.arg("request");
+        if poweroff {
+            cmd.arg("--poweroff");
+        }
+        let status = cmd.status().context("running keel-reset")?;
+        if !status.success() {
+            bail!("keel-reset request failed: {status}");
+        }
+        Ok(())
+    }
+
+    fn systemctl(&mut self, verb: &str) -> anyhow::Result<()> {
+        systemctl(verb)
+    }
+}
+
 /// Requests the reset (it is carried out early in the next boot) and reboots.
 fn factory_reset(poweroff: bool) -> anyhow::Result<()> {
-    let mut cmd = std::process::Command::new("keel-reset");
-    cmd.arg("request");
-    if poweroff {
-        cmd.arg("--poweroff");
-    }
-    let status = cmd.status().context("running keel-reset")?;
-    if !status.success() {
-        bail!("keel-reset request failed: {status}");
-    }
+    System.request_reset(poweroff)?;
     systemctl("reboot")
 }
 
-fn apply_requests(dir: &PathBuf) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
-    // The weightiest pending request wins: reset over power-off over reboot.
-    let mut action = None;
-    for name in entries {
-        std::fs::remove_file(dir.join(&name)).ok();
-        let rank = match name.as_str() {
-            "factory-reset-poweroff" => 4,
-            "factory-reset" => 3,
-            "poweroff" => 2,
-            "reboot" => 1,
-            other if other.starts_with('.') => continue,
-            other => {
-                eprintln!("ignoring unknown request {other:?}");
-                continue;
-            }
+/// Removes a request that was carried out (or superseded, or unknown). unlink acts
+/// on the entry itself, never on what a link names.
+fn remove_request(dir: &Path, name: impl AsRef<OsStr>) -> anyhow::Result<()> {
+    let name = name.as_ref();
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing request {name:?}")),
+    }
+}
+
+/// A known request and its weight: reset over power-off over reboot.
+fn known_request(name: &OsStr) -> Option<(u8, &'static str)> {
+    Some(match name.to_str()? {
+        "factory-reset-poweroff" => (4, "factory-reset-poweroff"),
+        "factory-reset" => (3, "factory-reset"),
+        "poweroff" => (2, "poweroff"),
+        "reboot" => (1, "reboot"),
+        _ => return None,
+    })
+}
+
+/// Carries out the weightiest pending request. The directory is the console's
+/// (it writes there with write_atomic: `.name.tmp.*`, then a rename), so:
+/// dot-files are writes in progress and never touched; entries are looked at with
+/// lstat, never opened, and only regular files count. A request is removed once it
+/// was carried out; when that fails it stays (the path unit starts this again, up
+/// to its start limit) and the run fails.
+fn apply_requests(dir: &Path, exec: &mut dyn Executor) -> anyhow::Result<()> {
+    let mut requests = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let kind = match std::fs::symlink_metadata(dir.join(&name)) {
+            Ok(m) => m.file_type(),
+            // Gone meanwhile: nothing to do for it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("lstat {name:?}")),
         };
-        if action.as_ref().is_none_or(|(r, _)| rank > *r) {
-            action = Some((rank, name));
+        if !kind.is_file() {
+            eprintln!("ignoring {name:?} in {}: not a regular file", dir.display());
+            continue;
+        }
+        match known_request(&name) {
+            Some(known) => requests.push(known),
+            None => {
+                eprintln!("ignoring unknown request {name:?}");
+                remove_request(dir, &name)?;
+            }
         }
     }
-    match action.map(|(_, name)| name).as_deref() {
-        Some("factory-reset-poweroff") => factory_reset(true),
-        Some("factory-reset") => factory_reset(false),
-        Some(verb) => systemctl(verb),
-        None => Ok(()),
+    // Weightiest first; the rest are superseded by it.
+    requests.sort_by(|a, b| b.cmp(a));
+    let Some(&(_, winner)) = requests.first() else {
+        return Ok(());
+    };
+    let keep = || format!("request {winner:?} kept in {}", dir.display());
+    match winner {
+        "factory-reset" | "factory-reset-poweroff" => {
+            exec.request_reset(winner == "factory-reset-poweroff")
+                .with_context(keep)?;
+            // Requested: the reset happens at the next boot whatever follows, so
+            // the reboot is asked for even if the request file cannot be removed.
+            let removed = remove_request(dir, winner);
+            eprintln!("factory reset requested; rebooting to carry it out");
+            exec.systemctl("reboot")?;
+            removed?;
+        }
+        verb => {
+            exec.systemctl(verb).with_context(keep)?;
+            remove_request(dir, winner)?;
+        }
     }
+    for (_, superseded) in &requests[1..] {
+        remove_request(dir, superseded)?;
+    }
+    Ok(())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -291,7 +390,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Certs { command } => certs::run(&console, command).await?,
         Command::Time(args) => time::run(args).await?,
         Command::Net(args) => net::run(args).await?,
-        Command::ApplyRequests { dir } => apply_requests(&dir)?,
+        Command::Update(args) => update::run(args).await?,
+        Command::ApplyRequests { dir } => apply_requests(&dir, &mut System)?,
+        Command::NetdReload { dir, user } => netd_reload::run(netd_reload::Reload {
+            dir,
+            owner_uid: netd_reload::uid_of(&user)?,
+            kernel_hostname: PathBuf::from("/proc/sys/kernel/hostname"),
+            systemctl: &mut netd_reload::systemctl,
+        })?,
     }
     Ok(())
 }
@@ -314,18 +420,151 @@ mod tests {
         assert!(!render_banner(&b).contains("Setup code"));
     }
 
-    #[test]
-    fn unknown_requests_are_dropped_without_action() {
-        let dir = tempfile_dir();
-        std::fs::write(dir.join("format-disk"), b"").unwrap();
-        apply_requests(&dir).unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
+    /// Records what would run; fails what it is told to.
+    #[derive(Default)]
+    struct Fake {
+        calls: Vec<String>,
+        fail_reset: bool,
+        fail_systemctl: bool,
     }
 
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("keelctl-test-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    impl Executor for Fake {
+        fn request_reset(&mut self, poweroff: bool) -> anyhow::Result<()> {
+            self.calls
+                .push(format!("keel-reset request poweroff={poweroff}"));
+            if self.fail_reset {
+                bail!("keel-reset request failed: exit status: 1");
+            }
+            Ok(())
+        }
+
+        fn systemctl(&mut self, verb: &str) -> anyhow::Result<()> {
+            self.calls.push(format!("systemctl {verb}"));
+            if self.fail_systemctl {
+                bail!("systemctl {verb} failed: exit status: 1");
+            }
+            Ok(())
+        }
+    }
+
+    fn requests(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for n in names {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        dir
+    }
+
+    fn left(dir: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unknown_requests_are_dropped_without_action() {
+        let dir = requests(&["format-disk"]);
+        let mut fake = Fake::default();
+        apply_requests(dir.path(), &mut fake).unwrap();
+        assert!(left(&dir).is_empty());
+        assert!(fake.calls.is_empty());
+    }
+
+    #[test]
+    fn writes_in_progress_are_left_alone() {
+        // The console's write_atomic: a temp file, then a rename to the request.
+        let dir = requests(&[".reboot.tmp.812.0.1a2b3c4d"]);
+        let mut fake = Fake::default();
+        apply_requests(dir.path(), &mut fake).unwrap();
+        assert_eq!(left(&dir), [".reboot.tmp.812.0.1a2b3c4d"]);
+        assert!(fake.calls.is_empty());
+
+        std::fs::write(dir.path().join("poweroff"), b"").unwrap();
+        apply_requests(dir.path(), &mut fake).unwrap();
+        assert_eq!(fake.calls, ["systemctl poweroff"]);
+        assert_eq!(left(&dir), [".reboot.tmp.812.0.1a2b3c4d"]);
+    }
+
+    #[test]
+    fn a_failed_reset_request_is_kept_and_fails_the_run() {
+        let dir = requests(&["factory-reset", "reboot"]);
+        let mut fake = Fake {
+            fail_reset: true,
+            ..Fake::default()
+        };
+        let err = apply_requests(dir.path(), &mut fake).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("\"factory-reset\" kept") && msg.contains("keel-reset request failed"),
+            "{msg}"
+        );
+        // Nothing rebooted, nothing lost: the next run tries again.
+        assert_eq!(fake.calls, ["keel-reset request poweroff=false"]);
+        assert_eq!(left(&dir), ["factory-reset", "reboot"]);
+    }
+
+    #[test]
+    fn a_reset_is_requested_then_rebooted_and_supersedes_the_rest() {
+        let dir = requests(&[
+            "reboot",
+            "factory-reset-poweroff",
+            "poweroff",
+            "factory-reset",
+        ]);
+        let mut fake = Fake::default();
+        apply_requests(dir.path(), &mut fake).unwrap();
+        assert_eq!(
+            fake.calls,
+            ["keel-reset request poweroff=true", "systemctl reboot"]
+        );
+        assert!(left(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_refused_reboot_after_the_reset_keeps_the_lesser_requests() {
+        // The reset is requested (the next boot carries it out); a reboot request
+        // still waiting gets the box there on the next run.
+        let dir = requests(&["factory-reset", "reboot"]);
+        let mut fake = Fake {
+            fail_systemctl: true,
+            ..Fake::default()
+        };
+        assert!(apply_requests(dir.path(), &mut fake).is_err());
+        assert_eq!(left(&dir), ["reboot"]);
+    }
+
+    #[test]
+    fn a_refused_power_request_is_kept() {
+        let dir = requests(&["reboot", "poweroff"]);
+        let mut fake = Fake {
+            fail_systemctl: true,
+            ..Fake::default()
+        };
+        let err = apply_requests(dir.path(), &mut fake).unwrap_err();
+        assert!(format!("{err:#}").contains("\"poweroff\" kept"), "{err:#}");
+        assert_eq!(left(&dir), ["poweroff", "reboot"]);
+        fake.fail_systemctl = false;
+        apply_requests(dir.path(), &mut fake).unwrap();
+        assert_eq!(fake.calls, ["systemctl poweroff", "systemctl poweroff"]);
+        assert!(left(&dir).is_empty());
+    }
+
+    #[test]
+    fn links_and_other_non_files_are_not_requests() {
+        let dir = requests(&[]);
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("factory-reset")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("junk")).unwrap();
+        std::fs::create_dir(dir.path().join("reboot")).unwrap();
+        let mut fake = Fake::default();
+        apply_requests(dir.path(), &mut fake).unwrap();
+        assert!(fake.calls.is_empty());
+        assert_eq!(left(&dir), ["factory-reset", "junk", "reboot"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
     }
 }

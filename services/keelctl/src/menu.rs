@@ -1077,6 +1077,7 @@ mod tests {
                 processes: Vec::new(),
                 data_total_bytes: 0,
                 data_free_bytes: 0,
+                boot: None,
             })
         }
         fn net_state(&mut self) -> Outcome<NetState> {

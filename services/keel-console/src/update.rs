@@ -1,0 +1,1101 @@
+//! Updates: `/appliance/api/v1/update...` and the *Support › Updates* page.
+//! keel-update writes the inactive slot, verifies it and arms the trial boot; the
+//! console checks the admin's session and passes the bundle on as it arrives.
+//!
+//! A bundle is up to [`MAX_BUNDLE`] bytes, so it is never held whole: the upload
+//! (the request body, or the file field of the page's multipart form) goes on to
+//! keel-update chunk by chunk through a small channel. The page's form carries
+//! its CSRF token *before* the file: the fields are read in order, and the token is
+//! checked before the first byte of the file is passed on. These two routes are
+//! exempt from the console's 64 KiB body limit ([`own_body_limit`]); they keep
+//! their own, 1 GiB.
+
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use askama::Template;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Form, FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_api::{
+    InstallAnswer, RollbackRequest, SlotInfo, UpdatePhase, UpdateStatus, ROLLBACK_CONFIRMATION,
+};
+use keel_core::local_api::{Client, LocalApiError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::app::{self, JsonBody, Shared};
+use crate::error::ApiError;
+
+/// keel-update's local API (`keel_api::update`).
+pub const DEFAULT_SOCKET: &str = "/run/keel/update.sock";
+
+/// The largest bundle the console passes on.
+pub const MAX_BUNDLE: u64 = 1 << 30;
+/// What a multipart form may add around the bundle (boundaries, the small fields).
+const FORM_OVERHEAD: u64 = 64 * 1024;
+/// A small field of the upload form (the token, the checkbox) is at most this.
+const MAX_SMALL_FIELD: usize = 1024;
+/// Fields the form may have before its file.
+const MAX_FIELDS_BEFORE_FILE: usize = 8;
+
+/// A client that sends nothing for this long has given up.
+const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// keel-update not taking a chunk for this long is stuck (it writes as it reads).
+const SERVICE_IDLE_LIMIT: Duration = Duration::from_secs(120);
+/// After the last byte: reading the slot back, hashing, arming.
+const ANSWER_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// Status and rollback calls.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+/// The Basics page does not wait longer for its one line.
+const PAGE_LIMIT: Duration = Duration::from_secs(2);
+/// Chunks in flight between the upload and keel-update.
+const CHANNEL_CHUNKS: usize = 4;
+
+const API_INSTALL: &str = "/appliance/api/v1/update/install";
+const PAGE: &str = "/appliance/support/updates";
+const PAGE_INSTALL: &str = "/appliance/support/updates/install";
+
+const UNAVAILABLE: &str = "update service unavailable";
+
+static SOCKET: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Where keel-update's socket is (tests; main's default otherwise).
+pub fn set_socket(path: PathBuf) {
+    *SOCKET.write().unwrap_or_else(|p| p.into_inner()) = Some(path);
+}
+
+fn client() -> Client {
+    let path = SOCKET
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    Client::new(path)
+}
+
+/// The routes that bring a bundle: the console's global body limit does not apply
+/// to them (they have their own, [`MAX_BUNDLE`]).
+pub fn own_body_limit(path: &str) -> bool {
+    path == API_INSTALL || path == PAGE_INSTALL
+}
+
+/// keel-update's refusals keep their status and message; not reaching it is 503.
+fn service_error(e: LocalApiError) -> ApiError {
+    match e {
+        LocalApiError::Status { status, message } => ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            message,
+        ),
+        e => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{UNAVAILABLE}: {e}"),
+        ),
+    }
+}
+
+fn no_answer(limit: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{UNAVAILABLE}: keel-update did not answer within {} s",
+            limit.as_secs()
+        ),
+    )
+}
+
+async fn call<B: Serialize, R: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+    limit: Duration,
+) -> Result<R, ApiError> {
+    match tokio::time::timeout(limit, client().call(method, path, body)).await {
+        Ok(r) => r.map_err(service_error),
+        Err(_) => Err(no_answer(limit)),
+    }
+}
+
+async fn status(limit: Duration) -> Result<UpdateStatus, ApiError> {
+    call::<(), _>("GET", "/status", None, limit).await
+}
+
+// ---- Streaming the bundle ----------------------------------------------------
+
+/// Where the bundle comes from: the request body (API) or the form's file field.
+enum Upload<'a> {
+    Body(Body),
+    Field(Box<axum::extract::multipart::Field<'a>>),
+}
+
+impl Upload<'_> {
+    async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
+        use http_body_util::BodyExt;
+        match self {
+            Upload::Body(body) => loop {
+                match body.frame().await? {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => return Some(Ok(data)),
+                        Err(_) => continue, // trailers
+                    },
+                    Err(e) => return Some(Err(e.to_string())),
+                }
+            },
+            Upload::Field(field) => field.chunk().await.map_err(|e| e.body_text()).transpose(),
+        }
+    }
+}
+
+/// Why the console stopped passing an upload on.
+#[derive(Debug)]
+enum Cut {
+    TooLarge,
+    Stalled,
+    Broken(String),
+    /// keel-update stopped taking the bundle without answering.
+    ServiceStuck,
+}
+
+impl Cut {
+    fn error(&self) -> ApiError {
+        match self {
+            Cut::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the bundle is over the limit of {MAX_BUNDLE} bytes: nothing was installed"
+                ),
+            ),
+            Cut::Stalled => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the upload stopped (nothing arrived for {} s): nothing was installed",
+                    UPLOAD_IDLE_LIMIT.as_secs()
+                ),
+            ),
+            Cut::Broken(why) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the upload broke off ({why}): nothing was installed"),
+            ),
+            Cut::ServiceStuck => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{UNAVAILABLE}: keel-update took nothing for {} s",
+                    SERVICE_IDLE_LIMIT.as_secs()
+                ),
+            ),
+        }
+    }
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// Passes the upload on until it ends; a cut upload ends keel-update's body with an
+/// error (never a clean end), so nothing short can pass for a whole bundle.
+async fn pump(upload: &mut Upload<'_>, tx: mpsc::Sender<Chunk>) -> Result<u64, Cut> {
+    let mut total = 0u64;
+    let cut = loop {
+        let chunk = match tokio::time::timeout(UPLOAD_IDLE_LIMIT, upload.chunk()).await {
+            Err(_) => break Cut::Stalled,
+            Ok(None) => return Ok(total),
+            Ok(Some(Err(why))) => break Cut::Broken(why),
+            Ok(Some(Ok(c))) => c,
+        };
+        total += chunk.len() as u64;
+        if total > MAX_BUNDLE {
+            break Cut::TooLarge;
+        }
+        match tokio::time::timeout(SERVICE_IDLE_LIMIT, tx.send(Ok(chunk))).await {
+            Ok(Ok(())) => {}
+            // keel-update answered already; the answer says why.
+            Ok(Err(_)) => return Ok(total),
+            Err(_) => break Cut::ServiceStuck,
+        }
+    };
+    // An error, never a clean end: a cut upload must not pass for a whole bundle.
+    let _ = tokio::time::timeout(
+        SERVICE_IDLE_LIMIT,
+        tx.send(Err(std::io::Error::other("upload cut off"))),
+    )
+    .await;
+    Err(cut)
+}
+
+/// Reads and drops up to `limit` bytes of what is left of an upload, so that a
+/// client still sending gets the answer rather than a reset connection. The bytes
+/// read if it ended within the limit.
+async fn drain(upload: &mut Upload<'_>, limit: u64) -> Option<u64> {
+    let mut seen = 0u64;
+    loop {
+        match tokio::time::timeout(UPLOAD_IDLE_LIMIT, upload.chunk()).await {
+            Ok(None) => return Some(seen),
+            Ok(Some(Ok(c))) => {
+                seen += c.len() as u64;
+                if seen > limit {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// What a request refused before keel-update was asked may still send: read and
+/// dropped (beyond it the connection just closes). Not one byte is passed on.
+const REFUSAL_DRAIN: u64 = 8 * 1024 * 1024;
+
+async fn drain_refused_body(body: Body, declared: Option<u64>) {
+    if declared.is_none_or(|n| n <= REFUSAL_DRAIN) {
+        drain(&mut Upload::Body(body), REFUSAL_DRAIN).await;
+    }
+}
+
+/// The field of a refused form being read, read and dropped: what is left of
+/// the budget for the rest of the form ([`drain_refused_form`]), if anything.
+async fn drain_refused_field(
+    field: axum::extract::multipart::Field<'_>,
+    declared: Option<u64>,
+) -> Option<u64> {
+    if declared.is_some_and(|n| n > REFUSAL_DRAIN) {
+        return None;
+    }
+    drain(&mut Upload::Field(Box::new(field)), REFUSAL_DRAIN)
+        .await
+        .map(|n| REFUSAL_DRAIN - n)
+}
+
+/// The rest of a refused form, within `budget` (see [`REFUSAL_DRAIN`]).
+async fn drain_refused_form(form: &mut Multipart, budget: Option<u64>) {
+    let Some(mut left) = budget else {
+        return;
+    };
+    while let Ok(Some(f)) = form.next_field().await {
+        match drain(&mut Upload::Field(Box::new(f)), left).await {
+            Some(n) => left -= n,
+            None => return,
+        }
+    }
+}
+
+/// The upload as keel-update's request body, chunk by chunk as the pump passes
+/// them on; with `Content-Length` when the client declared one.
+struct ChannelBody {
+    rx: mpsc::Receiver<Chunk>,
+    len: Option<u64>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|c| c.map(|r| r.map(hyper::body::Frame::data)))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.len {
+            Some(n) => hyper::body::SizeHint::with_exact(n),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// keel-update's `POST /install`, its body what the pump passes on.
+async fn send_bundle(
+    path: &str,
+    rx: mpsc::Receiver<Chunk>,
+    len: Option<u64>,
+) -> Result<InstallAnswer, ApiError> {
+    client()
+        .call_stream(
+            "POST",
+            path,
+            "application/octet-stream",
+            ChannelBody { rx, len },
+        )
+        .await
+        .map_err(service_error)
+}
+
+/// Streams `upload` to keel-update's `POST /install`, the session and CSRF token
+/// having been checked.
+async fn install(
+    upload: &mut Upload<'_>,
+    len: Option<u64>,
+    reboot: bool,
+) -> Result<InstallAnswer, ApiError> {
+    let path = if reboot {
+        "/install?reboot=true"
+    } else {
+        "/install"
+    };
+    let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+    let answer = send_bundle(path, rx, len);
+    tokio::pin!(answer);
+    enum First {
+        Answered(Result<InstallAnswer, ApiError>),
+        Pumped(Result<u64, Cut>),
+    }
+    let first = {
+        let pump = pump(upload, tx);
+        tokio::pin!(pump);
+        tokio::select! {
+            a = &mut answer => First::Answered(a),
+            p = &mut pump => First::Pumped(p),
+        }
+    };
+    let pumped = match first {
+        // Answered before the upload ended: a refusal (or a service that stopped
+        // reading); the rest of the upload is read and dropped.
+        First::Answered(a) => {
+            drain(upload, MAX_BUNDLE + FORM_OVERHEAD).await;
+            return a;
+        }
+        First::Pumped(p) => p,
+    };
+    match pumped {
+        Err(cut) => {
+            // keel-update's body ended in an error: whatever it says, nothing was
+            // armed; the console says why.
+            let _ = tokio::time::timeout(CALL_LIMIT, &mut answer).await;
+            Err(cut.error())
+        }
+        Ok(total) => {
+            let a = match tokio::time::timeout(ANSWER_LIMIT, answer).await {
+                Ok(a) => a,
+                Err(_) => Err(no_answer(ANSWER_LIMIT)),
+            };
+            // Nothing left unless keel-update stopped reading early.
+            drain(upload, (MAX_BUNDLE + FORM_OVERHEAD).saturating_sub(total)).await;
+            a
+        }
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---- JSON API ----------------------------------------------------------------
+
+async fn api_status(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<UpdateStatus>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    status(CALL_LIMIT).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct InstallQuery {
+    #[serde(default)]
+    reboot: bool,
+}
+
+async fn api_install(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<InstallQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<Json<InstallAnswer>, ApiError> {
+    let declared = declared_length(&headers);
+    match install_request(&st, &headers, query) {
+        Ok(reboot) => install(&mut Upload::Body(body), declared, reboot)
+            .await
+            .map(Json),
+        Err(e) => {
+            drain_refused_body(body, declared).await;
+            Err(e)
+        }
+    }
+}
+
+/// Checks an API install before a byte of its body is read: session, token,
+/// origin, query, type, size. Whether to reboot.
+fn install_request(
+    st: &app::AppState,
+    headers: &HeaderMap,
+    query: Result<Query<InstallQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<bool, ApiError> {
+    st.api_session_for_change(headers)?;
+    let Query(q) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    if !content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/octet-stream")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send the bundle file itself as application/octet-stream, not {content_type}"),
+        ));
+    }
+    if let Some(len) = declared_length(headers).filter(|l| *l > MAX_BUNDLE) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {len} bytes is over the limit of {MAX_BUNDLE} bytes"),
+        ));
+    }
+    Ok(q.reboot)
+}
+
+fn check_confirmation(confirm: &str) -> Result<RollbackRequest, ApiError> {
+    if confirm != ROLLBACK_CONFIRMATION {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "a rollback restarts the appliance into the previous version: confirm with \
+                 \"confirm\": \"{ROLLBACK_CONFIRMATION}\""
+            ),
+        ));
+    }
+    Ok(RollbackRequest {
+        confirm: confirm.to_owned(),
+    })
+}
+
+async fn rollback(req: &RollbackRequest) -> Result<serde_json::Value, ApiError> {
+    call("POST", "/rollback", Some(req), CALL_LIMIT).await
+}
+
+async fn api_rollback(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RollbackRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    st.api_session_for_change(&headers)?;
+    let req = check_confirmation(&body.confirm)?;
+    let answer = rollback(&req).await?;
+    let answer = if answer.is_null() {
+        serde_json::json!({"accepted": "rollback"})
+    } else {
+        answer
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+// ---- HTML: Support › Updates ---------------------------------------------------
+
+/// The running or the other slot, as a line.
+fn slot_line(s: &SlotInfo) -> String {
+    if s.slot.is_empty() {
+        return "unknown".into();
+    }
+    let what = match &s.version {
+        Some(v) => format!("Keel {v}"),
+        None => "empty".into(),
+    };
+    let good = if s.good { " (known good)" } else { "" };
+    format!("slot {}: {what}{good}", s.slot)
+}
+
+fn phase_text(p: UpdatePhase) -> &'static str {
+    match p {
+        UpdatePhase::Idle => "idle",
+        UpdatePhase::Download => "receiving the bundle",
+        UpdatePhase::Verify => "checking the signature and the manifest",
+        UpdatePhase::Write => "writing the new version into the other slot",
+        UpdatePhase::ReadBack => "reading the slot back and checking it",
+        UpdatePhase::Arm => "arming the trial boot",
+        UpdatePhase::RebootPending => "installed: the next restart tries the new version",
+    }
+}
+
+/// An install is under way (the page reloads itself meanwhile).
+fn running(p: UpdatePhase) -> bool {
+    !matches!(p, UpdatePhase::Idle | UpdatePhase::RebootPending)
+}
+
+/// The install in progress (or the last one), ready to print.
+pub struct ProgressView {
+    pub phase: String,
+    pub version: String,
+    /// `done of total bytes`, empty when the phase counts none.
+    pub bytes: String,
+    /// 0–100, `None` when the phase counts no bytes.
+    pub percent: Option<u64>,
+    pub error: String,
+}
+
+pub struct StatusView {
+    pub running: String,
+    pub other: String,
+    pub outcome: Option<OutcomeLine>,
+    pub progress: Option<ProgressView>,
+    pub in_progress: bool,
+    pub rollback_to: Option<String>,
+}
+
+/// The last update's outcome, for *Support › Updates* and the Basics page.
+pub struct OutcomeLine {
+    pub message: String,
+    pub at: String,
+    /// The update did not stay (rolled back by itself or by the admin).
+    pub rolled_back: bool,
+}
+
+fn outcome_line(s: &UpdateStatus) -> Option<OutcomeLine> {
+    s.last_outcome.as_ref().map(|o| OutcomeLine {
+        message: o.message.clone(),
+        at: o.at.clone(),
+        rolled_back: o.kind != keel_api::OutcomeKind::Installed,
+    })
+}
+
+fn view(s: &UpdateStatus) -> StatusView {
+    let p = &s.progress;
+    let progress = (p.phase != UpdatePhase::Idle || p.error.is_some()).then(|| ProgressView {
+        phase: phase_text(p.phase).to_owned(),
+        version: p.version.clone().unwrap_or_default(),
+        bytes: if p.bytes_total > 0 {
+            format!("{} of {} bytes", p.bytes_done, p.bytes_total)
+        } else if p.bytes_done > 0 {
+            format!("{} bytes", p.bytes_done)
+        } else {
+            String::new()
+        },
+        percent: (p.bytes_total > 0).then(|| {
+            (p.bytes_done.min(p.bytes_total) as u128 * 100 / p.bytes_total as u128) as u64
+        }),
+        error: p.error.clone().unwrap_or_default(),
+    });
+    StatusView {
+        running: slot_line(&s.running),
+        other: slot_line(&s.other),
+        outcome: outcome_line(s),
+        progress,
+        in_progress: running(p.phase),
+        rollback_to: s.rollback_to.clone(),
+    }
+}
+
+/// The Basics page's line about the last update, when keel-update has one.
+pub async fn basics_line() -> Option<OutcomeLine> {
+    status(PAGE_LIMIT)
+        .await
+        .ok()
+        .as_ref()
+        .and_then(outcome_line)
+}
+
+#[derive(Template)]
+#[template(path = "support_updates.html")]
+struct UpdatesPage {
+    csrf: String,
+    /// For the base template (errors here stand beside their forms).
+    error: Option<String>,
+    notice: Option<String>,
+    unavailable: Option<String>,
+    status: Option<StatusView>,
+    install_error: Option<String>,
+    reboot: bool,
+    rollback_error: Option<String>,
+    rollback_confirm: String,
+}
+
+impl UpdatesPage {
+    fn refresh(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.in_progress)
+    }
+}
+
+/// What the page shows besides the status.
+#[derive(Default)]
+struct PageOpts {
+    notice: Option<String>,
+    install_error: Option<String>,
+    /// The checkbox as submitted; `None`: as on a fresh page (on).
+    reboot: Option<bool>,
+    rollback_error: Option<String>,
+    rollback_confirm: String,
+}
+
+async fn page(status_code: StatusCode, csrf: String, opts: PageOpts) -> Response {
+    let (status, unavailable) = match status(CALL_LIMIT).await {
+        Ok(s) => (Some(view(&s)), None),
+        Err(e) => (None, Some(e.message)),
+    };
+    let page = UpdatesPage {
+        csrf,
+        error: None,
+        notice: opts.notice,
+        unavailable,
+        status,
+        install_error: opts.install_error,
+        reboot: opts.reboot.unwrap_or(true),
+        rollback_error: opts.rollback_error,
+        rollback_confirm: opts.rollback_confirm,
+    };
+    match page.render() {
+        Ok(html) => (status_code, Html(html)).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+async fn html_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    let Some((_, session)) = st.session(&headers) else {
+        return Redirect::to("/appliance/").into_response();
+    };
+    page(StatusCode::OK, session.csrf_token, PageOpts::default()).await
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Refused {
+    heading: String,
+    text: String,
+    error: Option<String>,
+}
+
+fn forged() -> Response {
+    let page = Refused {
+        heading: "Request refused".into(),
+        text: "The form expired or came from another site; nothing was installed.".into(),
+        error: None,
+    };
+    match page.render() {
+        Ok(html) => (StatusCode::FORBIDDEN, Html(html)).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// A small field of the upload form, read up to [`MAX_SMALL_FIELD`] bytes.
+async fn small_field(field: &mut axum::extract::multipart::Field<'_>) -> Result<String, String> {
+    let mut out = Vec::new();
+    while let Some(c) = field.chunk().await.map_err(|e| e.body_text())? {
+        if out.len() + c.len() > MAX_SMALL_FIELD {
+            return Err(format!(
+                "the field {:?} is longer than {MAX_SMALL_FIELD} bytes",
+                field.name().unwrap_or("")
+            ));
+        }
+        out.extend_from_slice(&c);
+    }
+    String::from_utf8(out).map_err(|_| "a form field is not UTF-8".to_owned())
+}
+
+/// The upload form: `csrf`, then `reboot` (checkbox), then the file `bundle`, in
+/// this order; the file is passed on only once the token before it matched.
+async fn install_submit(State(st): State<Shared>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let declared = declared_length(&headers);
+    let Some((_, session)) = st.session(&headers) else {
+        drain_refused_body(req.into_body(), declared).await;
+        return Redirect::to("/appliance/").into_response();
+    };
+    if !app::same_origin(&headers) {
+        drain_refused_body(req.into_body(), declared).await;
+        return forged();
+    }
+    let csrf = session.csrf_token.clone();
+    let refused = |status: StatusCode, why: String, reboot: bool| {
+        page(
+            status,
+            csrf.clone(),
+            PageOpts {
+                install_error: Some(why),
+                reboot: Some(reboot),
+                ..PageOpts::default()
+            },
+        )
+    };
+    if let Some(len) = declared.filter(|l| *l > MAX_BUNDLE + FORM_OVERHEAD) {
+        return refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "The upload ({len} bytes) is over the limit of {MAX_BUNDLE} bytes: nothing was \
+                 installed."
+            ),
+            true,
+        )
+        .await;
+    }
+    let mut form = match Multipart::from_request(req, &()).await {
+        Ok(f) => f,
+        Err(r) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!("The upload could not be read ({}).", r.body_text()),
+                true,
+            )
+            .await
+        }
+    };
+    let mut token_ok = false;
+    let mut reboot = false;
+    let mut before = 0;
+    // Refusals past this point: the rest of the form is read and dropped first.
+    let (status, why) = loop {
+        let mut field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) if token_ok => {
+                break (
+                    StatusCode::BAD_REQUEST,
+                    "Choose the bundle file to install.".to_owned(),
+                )
+            }
+            Ok(None) => return forged(),
+            Err(e) => {
+                return refused(
+                    e.status(),
+                    format!("The upload could not be read ({}).", e.body_text()),
+                    reboot,
+                )
+                .await
+            }
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        if name == "bundle" {
+            // Not one byte of the file before the token was seen and matched.
+            if !token_ok {
+                let budget = drain_refused_field(field, declared).await;
+                drain_refused_form(&mut form, budget).await;
+                return forged();
+            }
+            // A browser sends an empty file part when no file was chosen.
+            if field.file_name() == Some("") {
+                let budget = drain_refused_field(field, declared).await;
+                drain_refused_form(&mut form, budget).await;
+                break (
+                    StatusCode::BAD_REQUEST,
+                    "Choose the bundle file to install.".to_owned(),
+                );
+            }
+            let mut upload = Upload::Field(Box::new(field));
+            // The file's own size is not known (only the whole form's): chunked.
+            let result = install(&mut upload, None, reboot).await;
+            drop(upload);
+            // What follows the file (the closing boundary, stray fields).
+            drain_refused_form(&mut form, Some(REFUSAL_DRAIN)).await;
+            let a = match result {
+                Ok(a) => a,
+                Err(e) => return refused(e.status, e.message, reboot).await,
+            };
+            let next = if a.rebooting {
+                "The appliance restarts now to try it; this page answers again once it is back."
+            } else {
+                "It runs from the next restart (Status › Basics › Restart this appliance)."
+            };
+            return page(
+                StatusCode::OK,
+                csrf.clone(),
+                PageOpts {
+                    notice: Some(format!(
+                        "Keel {} is installed in slot {} and verified. {next} If it does not \
+                         come up healthy, the appliance goes back to the version running now \
+                         by itself.",
+                        a.version, a.slot
+                    )),
+                    reboot: Some(reboot),
+                    ..PageOpts::default()
+                },
+            )
+            .await;
+        }
+        before += 1;
+        if before > MAX_FIELDS_BEFORE_FILE {
+            let budget = drain_refused_field(field, declared).await;
+            drain_refused_form(&mut form, budget).await;
+            break (
+                StatusCode::BAD_REQUEST,
+                "The upload has too many fields.".to_owned(),
+            );
+        }
+        let value = match small_field(&mut field).await {
+            Ok(v) => v,
+            Err(why) => {
+                let budget = drain_refused_field(field, declared).await;
+                drain_refused_form(&mut form, budget).await;
+                break (
+                    StatusCode::BAD_REQUEST,
+                    format!("The upload could not be read ({why})."),
+                );
+            }
+        };
+        drop(field);
+        match name.as_str() {
+            "csrf" => {
+                if !session.csrf_matches(&value) {
+                    drain_refused_form(
+                        &mut form,
+                        declared
+                            .is_none_or(|n| n <= REFUSAL_DRAIN)
+                            .then_some(REFUSAL_DRAIN),
+                    )
+                    .await;
+                    return forged();
+                }
+                token_ok = true;
+            }
+            "reboot" => reboot = true,
+            _ => {}
+        }
+    };
+    if !token_ok {
+        return forged();
+    }
+    refused(status, why, reboot).await
+}
+
+#[derive(Deserialize)]
+struct RollbackForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+async fn rollback_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<RollbackForm>,
+) -> Response {
+    if let Err(resp) = crate::web::form_session(&st, &headers, &form.csrf) {
+        return *resp;
+    }
+    let csrf = st
+        .session(&headers)
+        .map(|(_, s)| s.csrf_token)
+        .unwrap_or_default();
+    let confirm = form.confirm.trim().to_owned();
+    let target = status(CALL_LIMIT).await.ok().and_then(|s| s.rollback_to);
+    let result = match check_confirmation(&confirm) {
+        Ok(req) => rollback(&req).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            let page = Refused {
+                heading: "Rolling back".into(),
+                text: match target {
+                    Some(v) => format!(
+                        "The appliance restarts into Keel {v}. Reload this page in a minute."
+                    ),
+                    None => "The appliance restarts into the previous version. Reload this \
+                             page in a minute."
+                        .into(),
+                },
+                error: None,
+            };
+            match page.render() {
+                Ok(html) => (StatusCode::ACCEPTED, Html(html)).into_response(),
+                Err(e) => ApiError::internal(e).into_response(),
+            }
+        }
+        Err(e) => {
+            page(
+                e.status,
+                csrf,
+                PageOpts {
+                    rollback_error: Some(e.message),
+                    rollback_confirm: confirm,
+                    ..PageOpts::default()
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// The update routes, full paths (merged into the console's router). The two
+/// install routes read up to a bundle's size (the global limit skips them, see
+/// `app::refuse_oversized` and [`own_body_limit`]).
+pub fn router() -> Router<Shared> {
+    let bundle = || DefaultBodyLimit::max((MAX_BUNDLE + FORM_OVERHEAD) as usize);
+    Router::new()
+        .route("/appliance/api/v1/update", get(api_status))
+        .route(API_INSTALL, post(api_install).layer(bundle()))
+        .route("/appliance/api/v1/update/rollback", post(api_rollback))
+        .route(PAGE, get(html_page))
+        .route(PAGE_INSTALL, post(install_submit).layer(bundle()))
+        .route("/appliance/support/updates/rollback", post(rollback_submit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::{OutcomeKind, UpdateOutcome, UpdateProgress};
+
+    fn sample() -> UpdateStatus {
+        UpdateStatus {
+            running: SlotInfo {
+                slot: "a".into(),
+                version: Some("0.1.1".into()),
+                good: true,
+            },
+            other: SlotInfo {
+                slot: "b".into(),
+                version: Some("0.1.2".into()),
+                good: false,
+            },
+            progress: UpdateProgress {
+                phase: UpdatePhase::Write,
+                version: Some("0.1.3".into()),
+                bytes_done: 256,
+                bytes_total: 1024,
+                error: None,
+            },
+            last_outcome: Some(UpdateOutcome {
+                kind: OutcomeKind::RolledBack,
+                from_version: "0.1.1".into(),
+                to_version: "0.1.2".into(),
+                message: "update to 0.1.2 failed its health check, running 0.1.1 again".into(),
+                at: "2026-12-01T09:00:00Z".into(),
+            }),
+            rollback_to: None,
+        }
+    }
+
+    fn render(s: Option<UpdateStatus>, opts: PageOpts) -> String {
+        UpdatesPage {
+            csrf: "tok".into(),
+            error: None,
+            notice: opts.notice,
+            unavailable: s
+                .is_none()
+                .then(|| "update service unavailable: x".to_owned()),
+            status: s.as_ref().map(view),
+            install_error: opts.install_error,
+            reboot: opts.reboot.unwrap_or(true),
+            rollback_error: opts.rollback_error,
+            rollback_confirm: opts.rollback_confirm,
+        }
+        .render()
+        .unwrap()
+    }
+
+    #[test]
+    fn page_shows_status_progress_and_forms() {
+        let html = render(Some(sample()), PageOpts::default());
+        for want in [
+            "slot a: Keel 0.1.1 (known good)",
+            "slot b: Keel 0.1.2",
+            "update to 0.1.2 failed its health check, running 0.1.1 again",
+            "writing the new version into the other slot",
+            "256 of 1024 bytes",
+            "25 %",
+            "<meta http-equiv=\"refresh\" content=\"2\">",
+            "An install is running",
+        ] {
+            assert!(html.contains(want), "{want:?} in\n{html}");
+        }
+        assert!(!html.contains("<script"));
+        assert!(
+            !html.contains("type=\"file\""),
+            "no second install meanwhile"
+        );
+        assert!(!html.contains("Roll back to the previous version"));
+
+        // Idle: the upload form, the token before the file.
+        let mut s = sample();
+        s.progress = UpdateProgress::default();
+        let html = render(Some(s), PageOpts::default());
+        assert!(html.contains("enctype=\"multipart/form-data\""), "{html}");
+        assert!(
+            html.contains("name=\"reboot\" value=\"1\" checked"),
+            "{html}"
+        );
+        let token = html.find("name=\"csrf\" value=\"tok\"").unwrap();
+        let file = html.find("type=\"file\"").unwrap();
+        assert!(token < file);
+        assert!(html.find("name=\"reboot\"").unwrap() < file);
+        assert!(!html.contains("http-equiv"), "{html}");
+
+        // Idle, a rollback possible: no refresh, the rollback form.
+        let mut s = sample();
+        s.progress = UpdateProgress::default();
+        s.rollback_to = Some("0.1.0".into());
+        let html = render(
+            Some(s),
+            PageOpts {
+                reboot: Some(false),
+                rollback_error: Some("confirm with ROLLBACK".into()),
+                rollback_confirm: "rollbak".into(),
+                ..PageOpts::default()
+            },
+        );
+        assert!(!html.contains("http-equiv"), "{html}");
+        assert!(html.contains("Roll back to the previous version"));
+        assert!(html.contains("Keel 0.1.0"));
+        assert!(html.contains("value=\"rollbak\""));
+        assert!(html.contains("confirm with ROLLBACK"));
+        assert!(!html.contains("value=\"1\" checked"), "{html}");
+
+        // keel-update down: said, no forms.
+        let html = render(None, PageOpts::default());
+        assert!(html.contains("update service unavailable: x"));
+        assert!(!html.contains("type=\"file\""));
+    }
+
+    #[tokio::test]
+    async fn pump_cuts_at_the_limit_with_an_error() {
+        // 1 GiB + 1 MiB in 1 MiB chunks (one buffer, shared).
+        let mib = Bytes::from(vec![0u8; 1 << 20]);
+        let chunks = (0..1025).map(move |_| Ok::<_, std::io::Error>(mib.clone()));
+        let mut upload = Upload::Body(Body::from_stream(futures_util::stream::iter(chunks)));
+        let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        let counted = tokio::spawn(async move {
+            let (mut total, mut last_err) = (0u64, false);
+            while let Some(c) = rx.recv().await {
+                match c {
+                    Ok(b) => total += b.len() as u64,
+                    Err(_) => last_err = true,
+                }
+            }
+            (total, last_err)
+        });
+        let cut = pump(&mut upload, tx).await.unwrap_err();
+        assert!(matches!(cut, Cut::TooLarge), "{cut:?}");
+        assert_eq!(cut.error().status, StatusCode::PAYLOAD_TOO_LARGE);
+        let (total, last_err) = counted.await.unwrap();
+        assert_eq!(total, MAX_BUNDLE, "never more than the limit passed on");
+        assert!(
+            last_err,
+            "the body to keel-update ends in an error, not cleanly"
+        );
+
+        // A whole upload ends cleanly.
+        let chunks = (0..3).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"abc")));
+        let mut upload = Upload::Body(Body::from_stream(futures_util::stream::iter(chunks)));
+        let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        assert_eq!(pump(&mut upload, tx).await.unwrap(), 9);
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, b"abcabcabc");
+    }
+
+    #[test]
+    fn percent_and_phases() {
+        let mut s = sample();
+        s.progress.bytes_done = 2048;
+        assert_eq!(view(&s).progress.unwrap().percent, Some(100));
+        s.progress.bytes_total = 0;
+        s.progress.bytes_done = 0;
+        assert_eq!(view(&s).progress.unwrap().percent, None);
+        assert!(running(UpdatePhase::Verify));
+        assert!(!running(UpdatePhase::RebootPending));
+        assert!(!running(UpdatePhase::Idle));
+        assert!(own_body_limit(API_INSTALL) && own_body_limit(PAGE_INSTALL));
+        assert!(!own_body_limit("/appliance/api/v1/update/rollback"));
+        assert!(!own_body_limit("/appliance/api/v1/net/config"));
+    }
+}

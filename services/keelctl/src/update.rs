@@ -1,0 +1,319 @@
+//! `keelctl update ...`: status, install a bundle file (streamed to keel-update's
+//! socket, never loaded whole), roll back to the previous version.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use keel_api::{
+    InstallAnswer, OutcomeKind, RollbackRequest, UpdatePhase, UpdateStatus, ROLLBACK_CONFIRMATION,
+};
+use keel_core::local_api::Client;
+use tokio::io::{AsyncRead, ReadBuf};
+
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    /// keel-update's local API socket.
+    #[arg(
+        long,
+        env = "KEEL_UPDATE_SOCKET",
+        default_value = "/run/keel/update.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: UpdateCommand,
+}
+
+#[derive(Subcommand)]
+pub enum UpdateCommand {
+    /// Slots, versions, the install in progress, the last outcome.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a base bundle into the inactive slot; the next boot tries it.
+    Install {
+        /// The bundle file (*.kbundle).
+        file: PathBuf,
+        /// Reboot into the new version once it is written, verified and armed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Boot the previous version again (the other slot) and reboot.
+    Rollback {
+        /// Confirms the rollback and the reboot.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn phase(p: UpdatePhase) -> &'static str {
+    match p {
+        UpdatePhase::Idle => "idle",
+        UpdatePhase::Download => "receiving",
+        UpdatePhase::Verify => "verifying",
+        UpdatePhase::Write => "writing",
+        UpdatePhase::ReadBack => "reading back",
+        UpdatePhase::Arm => "arming the trial boot",
+        UpdatePhase::RebootPending => "installed, reboot pending",
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+pub fn render_status(s: &UpdateStatus) -> String {
+    let slot = |i: &keel_api::SlotInfo| {
+        format!(
+            "slot {} {}{}",
+            i.slot,
+            i.version.as_deref().unwrap_or("(no known version)"),
+            if i.good { " (good)" } else { "" }
+        )
+    };
+    let mut out = format!(
+        "running:   {}\nother:     {}\n",
+        slot(&s.running),
+        slot(&s.other)
+    );
+    let p = &s.progress;
+    out.push_str(&format!("install:   {}", phase(p.phase)));
+    if let Some(v) = &p.version {
+        out.push_str(&format!(" {v}"));
+    }
+    if p.bytes_total > 0 {
+        out.push_str(&format!(
+            " ({} of {})",
+            mib(p.bytes_done),
+            mib(p.bytes_total)
+        ));
+    }
+    out.push('\n');
+    if let Some(e) = &p.error {
+        out.push_str(&format!("error:     {e}\n"));
+    }
+    if let Some(o) = &s.last_outcome {
+        let kind = match o.kind {
+            OutcomeKind::Installed => "installed",
+            OutcomeKind::RolledBack => "rolled back",
+            OutcomeKind::RolledBackByAdmin => "rolled back by the admin",
+        };
+        out.push_str(&format!("last:      {kind}: {} ({})\n", o.message, o.at));
+    }
+    match &s.rollback_to {
+        Some(v) => out.push_str(&format!("rollback:  possible, to {v}\n")),
+        None => out.push_str("rollback:  no previous version\n"),
+    }
+    out
+}
+
+/// A file as a request body, read as it is sent (with its size, so the request
+/// carries Content-Length and keel-update can show the upload's progress).
+struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+    buf: Box<[u8]>,
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let mut rb = ReadBuf::new(&mut this.buf);
+        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file got shorter while it was sent",
+                    ))));
+                }
+                let n = n.min(usize::try_from(this.left).unwrap_or(usize::MAX));
+                let chunk = Bytes::copy_from_slice(&rb.filled()[..n]);
+                this.left -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+async fn file_body(path: &Path) -> anyhow::Result<FileBody> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .await
+        .with_context(|| format!("{}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    Ok(FileBody {
+        file,
+        left: meta.len(),
+        buf: vec![0u8; 256 * 1024].into_boxed_slice(),
+    })
+}
+
+pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
+    let update = Client::new(&args.socket);
+    match args.command {
+        UpdateCommand::Status { json } => {
+            let s: UpdateStatus = update.call::<(), _>("GET", "/status", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", render_status(&s));
+            }
+        }
+        UpdateCommand::Install { file, reboot } => {
+            let body = file_body(&file).await?;
+            let path = if reboot {
+                "/install?reboot=true"
+            } else {
+                "/install"
+            };
+            let upload = update.call_stream::<_, InstallAnswer>(
+                "POST",
+                path,
+                "application/octet-stream",
+                body,
+            );
+            tokio::pin!(upload);
+            // Progress on stderr while it runs (the answer comes once it is armed).
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            let answer = loop {
+                tokio::select! {
+                    a = &mut upload => break a?,
+                    _ = tick.tick() => {
+                        if let Ok(s) = update.call::<(), UpdateStatus>("GET", "/status", None).await {
+                            let p = &s.progress;
+                            eprintln!("{} {}/{}", phase(p.phase), mib(p.bytes_done), mib(p.bytes_total));
+                        }
+                    }
+                }
+            };
+            println!(
+                "installed {} into slot {}; {}",
+                answer.version,
+                answer.slot,
+                if answer.rebooting {
+                    "rebooting into it now"
+                } else {
+                    "the next boot tries it (keelctl reboot)"
+                }
+            );
+        }
+        UpdateCommand::Rollback { yes } => {
+            if !yes {
+                bail!(
+                    "a rollback boots the previous version again and reboots now; run again \
+                     with --yes to confirm"
+                );
+            }
+            let a: InstallAnswer = update
+                .call(
+                    "POST",
+                    "/rollback",
+                    Some(&RollbackRequest {
+                        confirm: ROLLBACK_CONFIRMATION.into(),
+                    }),
+                )
+                .await?;
+            println!("rolling back to {} (slot {}); rebooting", a.version, a.slot);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::{SlotInfo, UpdateOutcome, UpdateProgress};
+
+    #[test]
+    fn status_text() {
+        let s = UpdateStatus {
+            running: SlotInfo {
+                slot: "a".into(),
+                version: Some("0.1.0".into()),
+                good: true,
+            },
+            other: SlotInfo {
+                slot: "b".into(),
+                version: None,
+                good: false,
+            },
+            progress: UpdateProgress {
+                phase: UpdatePhase::Write,
+                version: Some("0.2.0".into()),
+                bytes_done: 1 << 20,
+                bytes_total: 4 << 20,
+                error: None,
+            },
+            last_outcome: Some(UpdateOutcome {
+                kind: OutcomeKind::RolledBack,
+                from_version: "0.1.0".into(),
+                to_version: "0.1.9".into(),
+                message: "update to 0.1.9 failed its health check, running 0.1.0 again".into(),
+                at: "2026-12-01T09:00:00Z".into(),
+            }),
+            rollback_to: None,
+        };
+        let t = render_status(&s);
+        assert!(
+            t.starts_with("running:   slot a 0.1.0 (good)\nother:     slot b (no known version)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("install:   writing 0.2.0 (1.0 MiB of 4.0 MiB)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("last:      rolled back: update to 0.1.9 failed"),
+            "{t}"
+        );
+        assert!(t.contains("rollback:  no previous version\n"), "{t}");
+    }
+
+    #[tokio::test]
+    async fn file_body_streams_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.kbundle");
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let body = file_body(&p).await.unwrap();
+        assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            out.extend_from_slice(f.unwrap().data_ref().unwrap());
+        }
+        assert_eq!(out, data);
+    }
+}
