@@ -62,6 +62,31 @@ async fn wait_update_service(http: &reqwest::Client, vm: &Vm) -> Value {
     }
 }
 
+/// After the `n`-th boot of this QEMU run: logged in again (the reboot ended the
+/// session), keel-update reachable, and the box running `slot` with `version`.
+async fn booted_into(
+    vm: &mut Vm,
+    n: usize,
+    ceiling: Duration,
+    slot: &str,
+    version: &str,
+) -> (reqwest::Client, String) {
+    vm.wait_serial_count(READY_MARKER, n, ceiling)
+        .await
+        .unwrap();
+    vm.wait_https(BOOT_CEILING).await.unwrap();
+    let (http, csrf) = log_in(vm, PASSWORD).await.unwrap();
+    wait_update_service(&http, vm).await;
+    let s = status(&http, vm).await;
+    assert_eq!(
+        (s["slot"].as_str(), s["version"].as_str()),
+        (Some(slot), Some(version)),
+        "{s}"
+    );
+    eprintln!("keel processes in slot {slot}: {}", s["processes"]);
+    (http, csrf)
+}
+
 async fn update_status(http: &reqwest::Client, vm: &Vm) -> Value {
     let (st, body) = json_get(http, &vm.url(&api("/update"))).await.unwrap();
     assert_eq!(st, 200, "GET /update: {body}");
@@ -195,16 +220,8 @@ async fn update_install_on_the_booted_image() {
     vm.kill();
     upload_task.abort();
     vm.boot().unwrap();
-    vm.wait_serial(READY_MARKER, BOOT_CEILING).await.unwrap();
-    vm.wait_https(BOOT_CEILING).await.unwrap();
-    let (http, csrf) = log_in(&vm, PASSWORD).await.unwrap();
-    wait_update_service(&http, &vm).await;
+    let (http, csrf) = booted_into(&mut vm, 1, BOOT_CEILING, "a", &base).await;
     let s = status(&http, &vm).await;
-    assert_eq!(
-        (s["slot"].as_str(), s["version"].as_str()),
-        (Some("a"), Some(base.as_str())),
-        "{s}"
-    );
     assert!(
         s["boot"]["trial"].is_null(),
         "a half-written slot is never armed: {s}"
@@ -216,19 +233,7 @@ async fn update_install_on_the_booted_image() {
     assert_eq!(body["version"], NEW, "{body}");
     assert_eq!(body["slot"], "b", "{body}");
     assert_eq!(body["rebooting"], true, "{body}");
-    vm.wait_serial_count(READY_MARKER, 2, BOOT_CEILING)
-        .await
-        .unwrap();
-    vm.wait_https(BOOT_CEILING).await.unwrap();
-    let (http, csrf) = log_in(&vm, PASSWORD).await.unwrap();
-    wait_update_service(&http, &vm).await;
-    let s = status(&http, &vm).await;
-    assert_eq!(
-        (s["slot"].as_str(), s["version"].as_str()),
-        (Some("b"), Some(NEW)),
-        "{s}"
-    );
-    eprintln!("keel processes running the update: {}", s["processes"]);
+    let (http, csrf) = booted_into(&mut vm, 2, BOOT_CEILING, "b", NEW).await;
     // The gate marks the new slot good once everything is up.
     let start = Instant::now();
     let u = loop {
@@ -250,18 +255,7 @@ async fn update_install_on_the_booted_image() {
     let (st, body) = upload(&http, &vm, &csrf, broken, true).await;
     assert_eq!(st, 200, "install {BROKEN}: {body}");
     assert_eq!(body["slot"], "a", "{body}");
-    vm.wait_serial_count(READY_MARKER, 3, FALLBACK_CEILING)
-        .await
-        .unwrap();
-    vm.wait_https(BOOT_CEILING).await.unwrap();
-    let (http, _) = log_in(&vm, PASSWORD).await.unwrap();
-    wait_update_service(&http, &vm).await;
-    let s = status(&http, &vm).await;
-    assert_eq!(
-        (s["slot"].as_str(), s["version"].as_str()),
-        (Some("b"), Some(NEW)),
-        "{s}"
-    );
+    let (http, _) = booted_into(&mut vm, 3, FALLBACK_CEILING, "b", NEW).await;
     let u = update_status(&http, &vm).await;
     assert_eq!(u["last_outcome"]["kind"], "rolled-back", "{u}");
     let message = format!("update to {BROKEN} failed its health check, running {NEW} again");

@@ -87,38 +87,29 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// Removes `path` so that a power cut cannot bring it back (the directory is synced
 /// after the unlink). A missing file is not an error; returns whether it existed.
 pub fn remove_durable(path: &Path) -> Result<bool, StoreError> {
-    let existed = match fs::remove_file(path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    if existed {
-        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    }
-    Ok(existed)
+    remove_synced(path, |p| fs::remove_file(p))
 }
 
 /// Removes a directory tree (e.g. a certificate with its private key) durably.
 pub fn remove_dir_durable(path: &Path) -> Result<bool, StoreError> {
-    let existed = match fs::remove_dir_all(path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
+    remove_synced(path, |p| fs::remove_dir_all(p))
+}
+
+fn remove_synced(
+    path: &Path,
+    remove: fn(&Path) -> std::io::Result<()>,
+) -> Result<bool, StoreError> {
+    match remove(path) {
+        Ok(()) => {
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            Ok(true)
         }
-    };
-    if existed {
-        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    Ok(existed)
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
