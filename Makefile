@@ -36,6 +36,7 @@ bench: image
 	scripts/bench.sh
 	scripts/bench-time.sh
 	scripts/bench-net.sh
+	scripts/bench-update.sh
 
 clean:
 	rm -rf build
