@@ -12,7 +12,7 @@ deps:
 	scripts/deps.sh
 
 build: deps
-	$(CARGO) build --release --locked -p keel-console -p keelctl -p keel-reset -p keel-timed -p keel-netd -p keel-boot -p keel-bundle -p keel-update
+	$(CARGO) build --release --locked -p keel-console -p keelctl -p keel-reset -p keel-timed -p keel-netd -p keel-boot -p keel-bundle -p keel-update -p keel-failover
 
 image: build
 	image/build.sh
@@ -37,6 +37,8 @@ bench: image
 	scripts/bench-time.sh
 	scripts/bench-net.sh
 	scripts/bench-update.sh
+	scripts/bench-update-downtime.sh
+	scripts/bench-failover.sh
 
 clean:
 	rm -rf build

@@ -2,7 +2,7 @@
 # Makes an update bundle of another version from the built root slot, without a
 # full image build (the QEMU update tests use it):
 #
-#   image/make-test-bundle.sh VERSION OUT [--unhealthy]
+#   image/make-test-bundle.sh VERSION OUT [--unhealthy] [--binary FILE]...
 #
 # Unpacks build/root.squashfs (as root, ownership kept), sets VERSION, VERSION_ID
 # and PRETTY_NAME in usr/lib/os-release (and usr/share/keel/version), packs it with
@@ -10,14 +10,29 @@
 # (KEEL_SIGNING_KEY, else the development key in build/: image/lib.sh). With
 # --unhealthy the slot's keel-console fails at once (a drop-in replaces its
 # ExecStart with /bin/false and lands it in `failed` after one retry): the health
-# gate must reject it and GRUB fall back.
+# gate must reject it and GRUB fall back. --binary FILE puts FILE in the slot as
+# /usr/bin/<its name> (e.g. a keel-netd built with the format-next feature, for the
+# test of an update and a rollback across a data format change).
 #
 # Environment: KEEL_BIN_DIR, KEEL_BUILD_DIR as for image/build.sh.
 set -euo pipefail
-usage() { echo "usage: $0 VERSION OUT [--unhealthy]" >&2; exit 2; }
-(($# == 2 || $# == 3)) || usage
+usage() { echo "usage: $0 VERSION OUT [--unhealthy] [--binary FILE]..." >&2; exit 2; }
+(($# >= 2)) || usage
 version=$1 dest=$2 unhealthy=
-if (($# == 3)); then [[ $3 == --unhealthy ]] || usage; unhealthy=1; fi
+binaries=()
+shift 2
+while (($#)); do
+  case $1 in
+    --unhealthy) unhealthy=1 ;;
+    --binary)
+      (($# >= 2)) || usage
+      [[ -x $2 && -f $2 ]] || { echo "--binary $2: not an executable file" >&2; exit 2; }
+      binaries+=("$(realpath "$2")")
+      shift ;;
+    *) usage ;;
+  esac
+  shift
+done
 [[ $version =~ ^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$ ]] ||
   { echo "VERSION must be x.y.z, not $version" >&2; exit 2; }
 dest=$(realpath "$dest")
@@ -48,6 +63,10 @@ sed -i -E -e "s/^VERSION=.*/VERSION=\"$version\"/" -e "s/^VERSION_ID=.*/VERSION_
 grep -qx "VERSION_ID=$version" "$r/usr/lib/os-release" ||
   { echo "usr/lib/os-release has no VERSION_ID line" >&2; exit 1; }
 echo "$version" >"$r/usr/share/keel/version"
+for b in "${binaries[@]}"; do
+  [[ -f $r/usr/bin/${b##*/} ]] || { echo "--binary ${b##*/}: the slot has no /usr/bin/${b##*/}" >&2; exit 2; }
+  install -m 0755 "$b" "$r/usr/bin/${b##*/}"
+done
 if [[ -n $unhealthy ]]; then
   install -d -m 0755 "$r/etc/systemd/system/keel-console.service.d"
   cat >"$r/etc/systemd/system/keel-console.service.d/unhealthy.conf" <<'UNIT'
@@ -70,6 +89,6 @@ rm -f "$dest"
 rm -rf "$tmp"
 t1=$(date +%s.%N)
 printf '%s: Keel %s%s, %s MiB, made in %.1f s\n' "$dest" "$version" \
-  "${unhealthy:+ (unhealthy: keel-console fails)}" "$(($(stat -c %s "$dest") / 1048576))" \
+  "${unhealthy:+ (unhealthy: keel-console fails)}${binaries[*]:+ (with ${binaries[*]##*/})}" "$(($(stat -c %s "$dest") / 1048576))" \
   "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
 [[ -z $keel_key_dev ]] || keel_dev_key_warning

@@ -10,6 +10,10 @@ packages=(
   dosfstools mtools fdisk e2fsprogs zstd xz-utils kmod
   # VMs, tests, bench
   qemu-utils ovmf openssl iproute2 curl python3 bc chrony dnsmasq
+  # failover tests: one-way and heartbeat-only loss (the kernel has no netem)
+  nftables
+  # keel-update's online tests: a real forwarding proxy (HTTP CONNECT, basic auth)
+  tinyproxy
 )
 # bookworm's own qemu-system (7.2) refuses to install beside the backported
 # qemu-utils these machines carry: take qemu-system from bookworm-backports.

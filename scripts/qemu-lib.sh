@@ -7,7 +7,9 @@
 # probe), KEEL_VM_MEM (MiB, default 1024), KEEL_VM_CPUS (default 2),
 # KEEL_SECOND_HTTPS_PORT (a second NIC on its own user network, 10.0.3.0/24, with
 # that host port forwarded to its 443: the console sees its clients as 10.0.3.2, a
-# second source address beside the first NIC's 10.0.2.2).
+# second source address beside the first NIC's 10.0.2.2), KEEL_GUESTFWD (extra
+# options for the first NIC, e.g. guestfwd=tcp:10.0.2.100:3128-cmd:SCRIPT: a host
+# service the guest may reach despite restrict=on).
 # shellcheck shell=bash
 
 # TCG unless KVM really works. /dev/kvm can exist on a paravirtual host whose CPU
@@ -41,7 +43,7 @@ keel_qemu_args() {
     -machine q35 -accel "$accel" -m "${KEEL_VM_MEM:-1024}" -smp "${KEEL_VM_CPUS:-2}"
     -display none -serial "$serial" -monitor none
     -drive "file=$disk,if=virtio,format=qcow2,discard=unmap"
-    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$https-:443,hostfwd=tcp:127.0.0.1:$http-:80"
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$https-:443,hostfwd=tcp:127.0.0.1:$http-:80${KEEL_GUESTFWD:+,$KEEL_GUESTFWD}"
     -device virtio-net-pci,netdev=n0
     # Entropy from the host: key generation on first boot does not wait for the
     # guest's own pool (TCG offers no RDRAND).

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use keel_certs::pinning::FingerprintVerifier;
 
+pub mod updates;
+
 /// Ceiling for one boot to the console being ready.
 pub const BOOT_CEILING: Duration = Duration::from_secs(300);
 /// Ceiling for QEMU to end by itself after the guest was told to power off.
@@ -145,6 +147,8 @@ pub struct Vm {
     pub http_port: u16,
     /// Host port of the second NIC's 443, when the VM has one (`with_second_nic`).
     pub second_https_port: Option<u16>,
+    /// Extra user-network options of the first NIC (`with_guestfwd`).
+    guestfwd: Option<String>,
     qemu: Option<Child>,
     started: Instant,
 }
@@ -203,6 +207,7 @@ impl Vm {
             https_port: free_port(),
             http_port: free_port(),
             second_https_port: None,
+            guestfwd: None,
             qemu: None,
             started: Instant::now(),
         })
@@ -213,6 +218,20 @@ impl Vm {
     /// 10.0.3.2, another source address than the first NIC's 10.0.2.2.
     pub fn with_second_nic(mut self) -> Self {
         self.second_https_port = Some(free_port());
+        self
+    }
+
+    /// Lets the guest reach a host service despite `restrict=on`: TCP connections
+    /// to `guest_addr` (e.g. `10.0.2.100:3128`) run `command` on the host (one per
+    /// connection) with the connection on its stdin and stdout. `command` is one
+    /// word (a script's path: no spaces or commas).
+    pub fn with_guestfwd(mut self, guest_addr: &str, command: &Path) -> Self {
+        let cmd = command.display().to_string();
+        assert!(
+            !cmd.contains([' ', ',']),
+            "guestfwd command {cmd:?} must be one word without commas"
+        );
+        self.guestfwd = Some(format!("guestfwd=tcp:{guest_addr}-cmd:{cmd}"));
         self
     }
 
@@ -261,6 +280,9 @@ impl Vm {
         let mut cmd = qemu_lib(&script);
         if let Some(port) = self.second_https_port {
             cmd.env("KEEL_SECOND_HTTPS_PORT", port.to_string());
+        }
+        if let Some(g) = &self.guestfwd {
+            cmd.env("KEEL_GUESTFWD", g);
         }
         let child = cmd
             .env("KEEL_FIRMWARE", firmware)

@@ -1,125 +1,44 @@
 //! Update install on the real image, one VM: bad bundles refused with nothing
 //! armed; the plug pulled while the new slot is written (the box boots the old
 //! slot and installs again); an update to a new version through the console's API
-//! (reboot into slot B, version and slot change); an update whose console never
-//! becomes healthy (its trial boots run out, GRUB boots the previous slot again,
-//! and the console says so).
+//! (reboot into slot B, version and slot change), with the plug pulled during its
+//! first trial boot (one try used up, B tried again and marked good); an update
+//! whose console never becomes healthy (its trial boots run out, GRUB boots the
+//! previous slot again, and the console says so).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use keel_qemu_tests::{
-    image_or_skip, json_get, log_in, page_text, set_up_admin, workspace_root, Firmware, Vm,
-    BOOT_CEILING, READY_MARKER,
+use keel_qemu_tests::updates::{
+    api, base_version, booted_into, make_bundle, outcome, status, update_status, upload,
+    wait_update_service,
 };
-use serde_json::{json, Value};
+use keel_qemu_tests::{
+    image_or_skip, page_text, set_up_admin, workspace_root, Firmware, Vm, BOOT_CEILING,
+    READY_MARKER,
+};
 
 const PASSWORD: &str = "update admin password";
 const NEW: &str = "0.1.1";
 const BROKEN: &str = "0.1.2";
 /// Three trial boots that fail fast, then the fallback boot.
 const FALLBACK_CEILING: Duration = Duration::from_secs(900);
+/// GRUB's serial line as it starts slot B's kernel (after counting the try).
+const TRIAL_B_MARKER: &str = "Booting `Keel (slot B)'";
 
-fn api(path: &str) -> String {
-    format!("/appliance/api/v1{path}")
-}
-
-fn base_version() -> String {
-    std::fs::read_to_string(workspace_root().join("VERSION"))
+/// GRUB's environment as the disk holds it (the primary copy, which GRUB loads
+/// and counts down in); QEMU must be stopped.
+fn grubenv(vm: &Vm) -> HashMap<String, String> {
+    let bytes = vm
+        .read_esp_file("grub/grubenv")
         .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// A bundle of `version` made from the built root slot (image/make-test-bundle.sh).
-fn make_bundle(dir: &Path, version: &str, unhealthy: bool) -> PathBuf {
-    let out = dir.join(format!("keel-{version}.bundle"));
-    let mut cmd = Command::new(workspace_root().join("image/make-test-bundle.sh"));
-    cmd.arg(version).arg(&out);
-    if unhealthy {
-        cmd.arg("--unhealthy");
-    }
-    let status = cmd.status().expect("image/make-test-bundle.sh runs");
-    assert!(status.success(), "make-test-bundle.sh {version}: {status}");
-    out
-}
-
-/// keel-update starts after the boot's health gate, a little after the console:
-/// waits until the console reaches it.
-async fn wait_update_service(http: &reqwest::Client, vm: &Vm) -> Value {
-    let start = Instant::now();
-    loop {
-        let (st, body) = json_get(http, &vm.url(&api("/update"))).await.unwrap();
-        if st == 200 {
-            return body;
-        }
-        assert!(
-            st == 503 && start.elapsed() < Duration::from_secs(180),
-            "keel-update not reachable through the console: {st} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// After the `n`-th boot of this QEMU run: logged in again (the reboot ended the
-/// session), keel-update reachable, and the box running `slot` with `version`.
-async fn booted_into(
-    vm: &mut Vm,
-    n: usize,
-    ceiling: Duration,
-    slot: &str,
-    version: &str,
-) -> (reqwest::Client, String) {
-    vm.wait_serial_count(READY_MARKER, n, ceiling)
-        .await
-        .unwrap();
-    vm.wait_https(BOOT_CEILING).await.unwrap();
-    let (http, csrf) = log_in(vm, PASSWORD).await.unwrap();
-    wait_update_service(&http, vm).await;
-    let s = status(&http, vm).await;
-    assert_eq!(
-        (s["slot"].as_str(), s["version"].as_str()),
-        (Some(slot), Some(version)),
-        "{s}"
-    );
-    eprintln!("keel processes in slot {slot}: {}", s["processes"]);
-    (http, csrf)
-}
-
-async fn update_status(http: &reqwest::Client, vm: &Vm) -> Value {
-    let (st, body) = json_get(http, &vm.url(&api("/update"))).await.unwrap();
-    assert_eq!(st, 200, "GET /update: {body}");
-    body
-}
-
-async fn status(http: &reqwest::Client, vm: &Vm) -> Value {
-    let (st, body) = json_get(http, &vm.url(&api("/status"))).await.unwrap();
-    assert_eq!(st, 200, "GET /status: {body}");
-    body
-}
-
-/// Uploads `bytes` as a bundle; returns the status and JSON answer.
-async fn upload(
-    http: &reqwest::Client,
-    vm: &Vm,
-    csrf: &str,
-    bytes: Vec<u8>,
-    reboot: bool,
-) -> (u16, Value) {
-    let url = vm.url(&api(&format!("/update/install?reboot={reboot}")));
-    let resp = http
-        .post(url)
-        .header("x-csrf-token", csrf)
-        .header("content-type", "application/octet-stream")
-        .timeout(Duration::from_secs(600))
-        .body(bytes)
-        .send()
-        .await;
-    match resp {
-        Ok(r) => keel_qemu_tests::answer(r).await,
-        Err(e) => (0, json!({"transport error": e.to_string()})),
-    }
+        .expect("grub/grubenv on the ESP");
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// Nothing armed, the running slot unchanged, the bundle refused with `want`.
@@ -153,8 +72,8 @@ async fn update_install_on_the_booted_image() {
     let dir = work_path.clone();
     let bundles = std::thread::spawn(move || {
         (
-            make_bundle(&dir, NEW, false),
-            make_bundle(&dir, BROKEN, true),
+            make_bundle(&dir, NEW, &[]),
+            make_bundle(&dir, BROKEN, &["--unhealthy"]),
         )
     });
     let mut vm = Vm::prepare("update", &image, Firmware::Bios, 0).unwrap();
@@ -220,7 +139,7 @@ async fn update_install_on_the_booted_image() {
     vm.kill();
     upload_task.abort();
     vm.boot().unwrap();
-    let (http, csrf) = booted_into(&mut vm, 1, BOOT_CEILING, "a", &base).await;
+    let (http, csrf) = booted_into(&mut vm, PASSWORD, 1, BOOT_CEILING, "a", &base).await;
     let s = status(&http, &vm).await;
     assert!(
         s["boot"]["trial"].is_null(),
@@ -233,16 +152,27 @@ async fn update_install_on_the_booted_image() {
     assert_eq!(body["version"], NEW, "{body}");
     assert_eq!(body["slot"], "b", "{body}");
     assert_eq!(body["rebooting"], true, "{body}");
-    let (http, csrf) = booted_into(&mut vm, 2, BOOT_CEILING, "b", NEW).await;
+
+    // The plug pulled during the trial boot, once GRUB has counted the try and
+    // started slot B's kernel: that try is used up, and the next boot is a trial
+    // of B again (not the old slot), one try fewer.
+    vm.wait_serial(TRIAL_B_MARKER, BOOT_CEILING).await.unwrap();
+    vm.kill();
+    let env = grubenv(&vm);
+    assert_eq!(
+        (
+            env.get("keel_good").map(String::as_str),
+            env.get("keel_try").map(String::as_str),
+            env.get("keel_tries").map(String::as_str),
+        ),
+        (Some("a"), Some("b"), Some("2")),
+        "after the power cut in the first trial boot: {env:?}"
+    );
+    vm.boot().unwrap();
+    vm.wait_serial(TRIAL_B_MARKER, BOOT_CEILING).await.unwrap();
+    let (http, csrf) = booted_into(&mut vm, PASSWORD, 1, BOOT_CEILING, "b", NEW).await;
     // The gate marks the new slot good once everything is up.
-    let start = Instant::now();
-    let u = loop {
-        let u = update_status(&http, &vm).await;
-        if !u["last_outcome"].is_null() || start.elapsed() > Duration::from_secs(180) {
-            break u;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let u = outcome(&http, &vm, "installed").await;
     assert_eq!(u["last_outcome"]["kind"], "installed", "{u}");
     assert_eq!(
         u["rollback_to"],
@@ -255,7 +185,8 @@ async fn update_install_on_the_booted_image() {
     let (st, body) = upload(&http, &vm, &csrf, broken, true).await;
     assert_eq!(st, 200, "install {BROKEN}: {body}");
     assert_eq!(body["slot"], "a", "{body}");
-    let (http, _) = booted_into(&mut vm, 3, FALLBACK_CEILING, "b", NEW).await;
+    // This QEMU run: B's trial boot (1), A's failing trials, B again (2).
+    let (http, _) = booted_into(&mut vm, PASSWORD, 2, FALLBACK_CEILING, "b", NEW).await;
     let u = update_status(&http, &vm).await;
     assert_eq!(u["last_outcome"]["kind"], "rolled-back", "{u}");
     let message = format!("update to {BROKEN} failed its health check, running {NEW} again");

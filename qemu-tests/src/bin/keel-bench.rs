@@ -9,20 +9,27 @@
 //! The two are booted alternately, `--runs` times each, one VM at a time.
 //! Factory reset, Keel only (no peer does this): API request → console answering
 //! in setup mode again, beside Keel's own first boot.
+//!
+//! `--update-downtime` runs only the update downtime bench instead
+//! (scripts/bench-update-downtime.sh): on one VM, a plain reboot through the API,
+//! an update to the next version (install with reboot), and a plain reboot of the
+//! new version; each timed from the last HTTPS answer before the outage to the
+//! first after it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use keel_qemu_tests::{
-    csrf_of, image_path, json_get, json_post, workspace_root, Vm, BOOT_CEILING, POWEROFF_CEILING,
-    READY_MARKER,
+    answer, csrf_of, image_path, json_get, json_post, log_in, set_up_admin, workspace_root, Vm,
+    BOOT_CEILING, HEALTH_PATH, POWEROFF_CEILING, READY_MARKER,
 };
 use serde_json::{json, Value};
 
 const USAGE: &str = "usage: keel-bench [--runs N] [--idle-seconds S] [--json PATH] \
-                     [--stock PATH] (the Keel image: KEEL_IMAGE, default build/keel.qcow2; \
+                     [--stock PATH] [--update-downtime] (the Keel image: KEEL_IMAGE, default build/keel.qcow2; \
                      keel.raw and root.squashfs beside it)";
 
 struct Options {
@@ -30,6 +37,7 @@ struct Options {
     idle: Duration,
     json: Option<PathBuf>,
     stock: PathBuf,
+    update_downtime: bool,
 }
 
 fn options() -> Result<Options> {
@@ -39,6 +47,7 @@ fn options() -> Result<Options> {
         idle: Duration::from_secs(10),
         json: None,
         stock: root.join("build/stock.qcow2"),
+        update_downtime: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -51,6 +60,7 @@ fn options() -> Result<Options> {
             "--idle-seconds" => o.idle = Duration::from_secs(value()?.parse()?),
             "--json" => o.json = Some(value()?.into()),
             "--stock" => o.stock = value()?.into(),
+            "--update-downtime" => o.update_downtime = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -224,9 +234,255 @@ async fn boot_stock(image: &Path) -> Result<f64> {
     Ok(vm.started().elapsed().as_secs_f64())
 }
 
+const DOWNTIME_PASSWORD: &str = "bench password";
+/// A pause between two answers this long is the outage (probes go out every
+/// 100 ms and answer within a fraction of a second while the console is up).
+const OUTAGE_GAP: Duration = Duration::from_secs(2);
+
+/// GET /health every 100 ms, each on a new connection (a reboot kills old ones),
+/// remembering when each successful answer arrived.
+struct Prober {
+    answers: Arc<Mutex<Vec<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prober {
+    fn start(vm: &Vm) -> Self {
+        let (client, _) = vm.client();
+        let url = vm.url(HEALTH_PATH);
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let seen = answers.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let get = client.get(&url).timeout(Duration::from_secs(3)).send();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    if get.await.is_ok_and(|r| r.status().is_success()) {
+                        seen.lock().unwrap().push(Instant::now());
+                    }
+                });
+            }
+        });
+        Self { answers, task }
+    }
+
+    /// Waits for the first outage that ends after `from`: seconds from the last
+    /// answer before it to the first answer after it.
+    async fn outage_after(&self, from: Instant, ceiling: Duration) -> Result<f64> {
+        let start = Instant::now();
+        loop {
+            {
+                let mut a = self.answers.lock().unwrap();
+                a.sort();
+                // From the last answer at or before `from` on.
+                let first = a.iter().rposition(|t| *t <= from).unwrap_or(0);
+                if let Some(w) = a[first..]
+                    .windows(2)
+                    .find(|w| w[1].duration_since(w[0]) >= OUTAGE_GAP)
+                {
+                    return Ok(w[1].duration_since(w[0]).as_secs_f64());
+                }
+            }
+            if start.elapsed() > ceiling {
+                bail!("no outage and answer again within {ceiling:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A plain reboot through the API: its downtime, then logged in again.
+async fn timed_reboot(vm: &Vm, csrf: &str, http: &reqwest::Client) -> Result<f64> {
+    let probe = Prober::start(vm);
+    let (st, body) = json_post(
+        http,
+        &vm.url("/appliance/api/v1/system/reboot"),
+        json!({}),
+        Some(csrf),
+    )
+    .await?;
+    if st != 202 {
+        bail!("reboot answered {st}: {body}");
+    }
+    probe.outage_after(Instant::now(), BOOT_CEILING).await
+}
+
+/// keel-update starts after the boot's health gate: waits until the console
+/// reaches it and returns its status.
+async fn update_service(http: &reqwest::Client, vm: &Vm) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        let (st, body) = json_get(http, &vm.url("/appliance/api/v1/update")).await?;
+        if st == 200 {
+            return Ok(body);
+        }
+        if st != 503 || start.elapsed() > Duration::from_secs(180) {
+            bail!("keel-update not reachable through the console: {st} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The next patch version after `v` (x.y.z).
+fn next_version(v: &str) -> Result<String> {
+    let parts: Vec<u64> = v
+        .split('.')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("VERSION {v:?} is not x.y.z"))?;
+    match parts[..] {
+        [x, y, z] => Ok(format!("{x}.{y}.{}", z + 1)),
+        _ => bail!("VERSION {v:?} is not x.y.z"),
+    }
+}
+
+/// Update downtime vs a plain reboot, on one VM (see the top of this file).
+async fn update_downtime(o: &Options) -> Result<()> {
+    let root = workspace_root();
+    let image = image_path();
+    let base = std::fs::read_to_string(root.join("VERSION"))?
+        .trim()
+        .to_owned();
+    let next = next_version(&base)?;
+    let work = tempfile::tempdir()?;
+    let bundle = work.path().join(format!("keel-{next}.bundle"));
+    // Made from the built root slot while the VM boots.
+    let making = {
+        let (script, bundle, next) = (
+            root.join("image/make-test-bundle.sh"),
+            bundle.clone(),
+            next.clone(),
+        );
+        std::thread::spawn(move || {
+            std::process::Command::new(script)
+                .arg(next)
+                .arg(bundle)
+                .status()
+        })
+    };
+    let load_before = load_average();
+    let mut vm = Vm::start("bench-downtime", &image)?;
+    vm.wait_https(BOOT_CEILING).await?;
+    vm.wait_serial(READY_MARKER, BOOT_CEILING).await?;
+    let (http, csrf, _) = set_up_admin(&vm, DOWNTIME_PASSWORD).await?;
+    update_service(&http, &vm).await?;
+    let made = making
+        .join()
+        .map_err(|_| anyhow::anyhow!("make-test-bundle.sh thread"))??;
+    if !made.success() {
+        bail!("image/make-test-bundle.sh {next}: {made}");
+    }
+    let bytes = std::fs::read(&bundle)?;
+    eprintln!(
+        "update downtime: {base} -> {next} ({} bytes), one VM; host load {load_before}",
+        bytes.len()
+    );
+
+    let reboot_old = timed_reboot(&vm, &csrf, &http)
+        .await
+        .context("reboot (old version)")?;
+    eprintln!("  plain reboot ({base}): {reboot_old:.2} s without an answer");
+    let (http, csrf) = log_in(&vm, DOWNTIME_PASSWORD).await?;
+    update_service(&http, &vm).await?;
+
+    // The install streams while the old version serves; the outage is the reboot
+    // into the new slot (its trial boot) after the answer.
+    let probe = Prober::start(&vm);
+    let resp = http
+        .post(vm.url("/appliance/api/v1/update/install?reboot=true"))
+        .header("x-csrf-token", &csrf)
+        .header("content-type", "application/octet-stream")
+        .timeout(Duration::from_secs(600))
+        .body(bytes)
+        .send()
+        .await?;
+    let installed = Instant::now();
+    let (st, body) = answer(resp).await;
+    if st != 200 || body["rebooting"] != true {
+        bail!("install answered {st}: {body}");
+    }
+    let update = probe
+        .outage_after(installed, BOOT_CEILING)
+        .await
+        .context("update")?;
+    drop(probe);
+    let (http, csrf) = log_in(&vm, DOWNTIME_PASSWORD).await?;
+    let (_, status) = json_get(&http, &vm.url("/appliance/api/v1/status")).await?;
+    if status["version"] != next.as_str() || status["slot"] != "b" {
+        bail!("after the update: not {next} in slot b: {status}");
+    }
+    eprintln!("  update ({base} -> {next}): {update:.2} s without an answer");
+    // Marked good before the next reboot, so that one is a plain boot again.
+    let start = Instant::now();
+    loop {
+        let u = update_service(&http, &vm).await?;
+        if u["last_outcome"]["kind"] == "installed" {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            bail!("the update was not marked good: {u}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let reboot_new = timed_reboot(&vm, &csrf, &http)
+        .await
+        .context("reboot (new version)")?;
+    eprintln!("  plain reboot ({next}): {reboot_new:.2} s without an answer");
+    let load_after = load_average();
+
+    let reboot = (reboot_old + reboot_new) / 2.0;
+    let ratio = update / reboot;
+    println!();
+    println!(
+        "{:<52} {:>8}",
+        "downtime: last HTTPS answer -> first again", "s"
+    );
+    println!(
+        "{:<52} {:>8.2}",
+        format!("plain reboot ({base})"),
+        reboot_old
+    );
+    println!(
+        "{:<52} {:>8.2}",
+        format!("update {base} -> {next} (install answered -> new)"),
+        update
+    );
+    println!(
+        "{:<52} {:>8.2}",
+        format!("plain reboot ({next})"),
+        reboot_new
+    );
+    println!("update / mean plain reboot: {ratio:.2}x (goal <= 1.1x); host load {load_before} -> {load_after}");
+    if let Some(path) = &o.json {
+        let report = json!({
+            "version": base,
+            "to": next,
+            "host_load": {"before": load_before, "after": load_after},
+            "downtime_s": {"reboot_old": reboot_old, "update": update, "reboot_new": reboot_new},
+            "ratio_update_to_mean_reboot": ratio,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let o = options()?;
+    if o.update_downtime {
+        return update_downtime(&o).await;
+    }
     let root = workspace_root();
     let image = image_path();
     // The raw disk and the slot image lie beside the qcow2 (image/build.sh).

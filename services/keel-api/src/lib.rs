@@ -12,6 +12,8 @@ mod boot;
 pub use boot::*;
 mod update;
 pub use update::*;
+mod failover;
+pub use failover::*;
 
 /// Answer of `GET /appliance/api/v1/status` and of the console's local `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -101,6 +101,9 @@ pub struct UpdateStatus {
     /// The version a rollback would boot, when the other slot holds a good one.
     #[serde(default)]
     pub rollback_to: Option<String>,
+    /// *Install all in order*, while it runs and after it ended.
+    #[serde(default)]
+    pub chain: Option<ChainStatus>,
 }
 
 /// Answer of a successful install.
@@ -120,4 +123,152 @@ pub const ROLLBACK_CONFIRMATION: &str = "ROLLBACK";
 pub struct RollbackRequest {
     #[serde(default)]
     pub confirm: String,
+}
+
+// ---- Online: settings, check, install from the feed, install all in order ----
+//
+// - `GET /settings` → [`UpdateSettings`]; `PUT /settings` with
+//   [`UpdateSettingsRequest`] → [`UpdateSettings`] (422 with the reason when a
+//   value is refused; nothing is stored then)
+// - `POST /check` → [`AvailableUpdates`] (fetches and verifies the signed feed);
+//   `GET /available` → the last [`AvailableUpdates`] (404 before the first check)
+// - `POST /install-online` with [`InstallOnlineRequest`] → [`InstallAnswer`]
+// - `POST /install-all` → [`ChainStatus`] once the first step is armed (it reboots)
+// - `POST /download-key` → [`DownloadKeyAnswer`]
+
+/// Where and how keel-update fetches the feed, as shown (the proxy password
+/// never leaves keel-update: only whether one is set).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateSettings {
+    /// `https://...`, the signed feed; bundles are fetched next to it.
+    #[serde(default)]
+    pub feed_url: Option<String>,
+    /// `http://host:port` or `https://host:port`: HTTPS goes through it with CONNECT.
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    #[serde(default)]
+    pub proxy_user: Option<String>,
+    /// A proxy password is stored ("set"); its value is never returned.
+    #[serde(default)]
+    pub proxy_password_set: bool,
+    /// An extra CA (PEM) trusted for the feed server besides the image's roots.
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+}
+
+/// `PUT /settings`: replaces the settings. Empty strings clear a value;
+/// `proxy_password` absent keeps the stored one (`""` clears it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateSettingsRequest {
+    #[serde(default)]
+    pub feed_url: Option<String>,
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    #[serde(default)]
+    pub proxy_user: Option<String>,
+    #[serde(default)]
+    pub proxy_password: Option<String>,
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+}
+
+/// What stands between a feed entry and its installation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AvailableState {
+    /// Installable now, over the running version.
+    Installable,
+    /// This version runs now.
+    Installed,
+    /// Older than the running version.
+    Older,
+    /// Installable after the versions in `steps` (see `reason`).
+    NeedsFirst,
+    /// No chain of bundles in the feed leads to it (see `reason`).
+    Blocked,
+}
+
+/// One bundle of the verified feed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AvailableEntry {
+    pub file: String,
+    /// `base` or the app's name.
+    pub component: String,
+    pub version: String,
+    /// Payload bytes.
+    pub size: u64,
+    pub sha256: String,
+    pub state: AvailableState,
+    /// Why it cannot be installed now, e.g. "needs base 0.3.0 first".
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Versions to install before it, in order.
+    #[serde(default)]
+    pub steps: Vec<String>,
+}
+
+/// Answer of `POST /check` and `GET /available`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AvailableUpdates {
+    /// RFC 3339 UTC.
+    pub checked_at: String,
+    pub feed_url: String,
+    pub feed_created: String,
+    pub feed_expires: String,
+    /// The running base version the entries were judged against.
+    pub installed: String,
+    pub entries: Vec<AvailableEntry>,
+    /// *Install all in order*: the versions that reach the newest reachable base,
+    /// in install order (empty: up to date).
+    pub plan: Vec<String>,
+}
+
+/// `POST /install-online`: a version listed in the feed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstallOnlineRequest {
+    pub version: String,
+    /// Reboot into it once armed.
+    #[serde(default)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChainState {
+    /// Installing a step or waiting for its healthy boot.
+    Running,
+    /// Every step installed and healthy.
+    Done,
+    /// Stopped at a step (see `message`).
+    Failed,
+}
+
+/// *Install all in order*: the chain and where it is (in `UpdateStatus`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChainStatus {
+    /// Versions in install order.
+    pub steps: Vec<String>,
+    /// Steps installed and booted healthy.
+    pub done: usize,
+    /// The step armed (or being installed) now.
+    #[serde(default)]
+    pub current: Option<String>,
+    pub state: ChainState,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+}
+
+/// Answer of `POST /download-key`: the signed block to copy to the vendor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DownloadKeyAnswer {
+    /// `-----BEGIN KEEL DOWNLOAD KEY-----` ... `-----END KEEL DOWNLOAD KEY-----`.
+    pub text: String,
+    pub appliance_id: String,
+    /// e.g. `base 0.1.0`.
+    pub installed: Vec<String>,
+    /// RFC 3339 UTC.
+    pub created: String,
+    pub expires: String,
 }

@@ -24,7 +24,8 @@ use keel_api::{
     CertAssignments, CertExportRequest, CertList, CertState, CertTargets, CertWarning,
     CertWarningCode, CertificateEntry, KeyType, NewCertRequest, BUILTIN_CERT_ID,
 };
-use keel_core::store::{ensure_dir, read_json, remove_dir_durable, write_atomic, write_json};
+use keel_core::format::FileFormat;
+use keel_core::store::{ensure_dir, remove_dir_durable, write_atomic};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,10 @@ const CHAIN: &str = "chain.pem";
 const KEY: &str = "key.pem";
 const CSR: &str = "csr.pem";
 const META: &str = "meta.json";
+/// Each entry's `meta.json` (its PEM files are standard formats, described by it).
+const META_FILE: FileFormat = FileFormat::first("certificate entry");
+/// `assignments.json`: which certificate serves which address.
+const ASSIGNMENTS_FILE: FileFormat = FileFormat::first("certificate assignments");
 const ASSIGNMENTS: &str = "assignments.json";
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -280,8 +285,9 @@ impl CertStore {
             });
         }
         let dir = self.entry_dir(id);
-        let meta: Meta =
-            read_json(&dir.join(META))?.ok_or_else(|| CertError::NotFound(id.into()))?;
+        let meta: Meta = META_FILE
+            .read(&dir.join(META))?
+            .ok_or_else(|| CertError::NotFound(id.into()))?;
         let chain = match std::fs::read_to_string(dir.join(CHAIN)) {
             Ok(pem) => parse_certs(&pem)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -305,11 +311,13 @@ impl CertStore {
     }
 
     pub fn assignments(&self) -> Result<CertAssignments, CertError> {
-        Ok(read_json(&self.dir.join(ASSIGNMENTS))?.unwrap_or_default())
+        Ok(ASSIGNMENTS_FILE
+            .read(&self.dir.join(ASSIGNMENTS))?
+            .unwrap_or_default())
     }
 
     fn save_assignments(&self, a: &CertAssignments) -> Result<(), CertError> {
-        Ok(write_json(&self.dir.join(ASSIGNMENTS), a, 0o600)?)
+        Ok(ASSIGNMENTS_FILE.write(&self.dir.join(ASSIGNMENTS), a, 0o600)?)
     }
 
     fn places(a: &CertAssignments, id: &str) -> (bool, Vec<Target>) {
@@ -486,7 +494,7 @@ impl CertStore {
             if let Some(pem) = csr_pem {
                 write_atomic(&tmp.join(CSR), pem.as_bytes(), 0o644)?;
             }
-            write_json(&tmp.join(META), meta, 0o644)?;
+            META_FILE.write(&tmp.join(META), meta, 0o644)?;
             let dest = self.entry_dir(&id);
             std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
             std::fs::File::open(&self.dir)
@@ -593,7 +601,7 @@ impl CertStore {
         let mut meta = l.meta.clone();
         meta.reordered = bundle.reordered;
         meta.dropped = bundle.dropped;
-        write_json(&dir.join(META), &meta, 0o644)?;
+        META_FILE.write(&dir.join(META), &meta, 0o644)?;
         // The chain's arrival is what turns the entry active.
         write_atomic(&dir.join(CHAIN), bundle.chain_pem().as_bytes(), 0o644)?;
         tracing::info!(id = %l.id, fingerprint = %fp, "CA answer matched the pending request");

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use keel_core::format::FileFormat;
 use rand::{rngs::OsRng, Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +121,9 @@ pub enum AuthError {
     #[error("cannot store credentials: {0}")]
     Store(String),
 }
+
+/// `admin.json`, format 1.
+const ADMIN_FILE: FileFormat = FileFormat::first("administrator account");
 
 #[derive(Serialize, Deserialize)]
 struct AdminRecord {
@@ -361,8 +365,7 @@ impl Auth {
         let dir = dir.into();
         let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
         keel_core::store::ensure_dir(&dir, 0o700).map_err(store)?;
-        let admin: Option<AdminRecord> =
-            keel_core::store::read_json(&dir.join("admin.json")).map_err(store)?;
+        let admin: Option<AdminRecord> = ADMIN_FILE.read(&dir.join("admin.json")).map_err(store)?;
         let mut inner = Inner {
             admin_hash: admin.map(|a| a.password_hash),
             ..Default::default()
@@ -546,7 +549,7 @@ impl Auth {
             Self::unreserve(&mut inner, &attempt);
             return Err(AuthError::WrongSetupCode);
         }
-        let stored = keel_core::store::write_json(
+        let stored = ADMIN_FILE.write(
             &self.dir.join("admin.json"),
             &AdminRecord {
                 password_hash: hash.clone(),
@@ -681,7 +684,9 @@ impl Auth {
         keel_core::store::write_atomic(&self.dir.join("setup-code"), code.as_bytes(), 0o600)
             .map_err(store)?;
         // Durably gone: after a power cut the old password must not come back.
-        keel_core::store::remove_durable(&self.dir.join("admin.json")).map_err(store)?;
+        ADMIN_FILE
+            .remove(&self.dir.join("admin.json"))
+            .map_err(store)?;
         inner.admin_hash = None;
         inner.setup_code = Some(code.clone());
         inner.generation += 1;

@@ -164,6 +164,11 @@ pub struct ConnLimits {
     /// time a keep-alive connection goes idle, so it is also how long an idle
     /// connection is kept.
     pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body once its headers are in:
+    /// a body that stalls ends the request (and the connection) instead of
+    /// holding it open. Counted per piece, so a long upload that keeps moving is
+    /// never cut.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -176,6 +181,7 @@ impl Default for ConnLimits {
             max_per_source: 64,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(20),
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -362,9 +368,12 @@ async fn serve_connection<I>(io: I, peer: SocketAddr, router: axum::Router, limi
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let body_idle = limits.body_idle_timeout;
     let service = router.map_request(move |mut req: axum::extract::Request<_>| {
         req.extensions_mut().insert(ClientAddr(peer));
-        req.map(axum::body::Body::new)
+        req.map(|body| {
+            axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_idle, body))
+        })
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

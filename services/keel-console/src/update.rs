@@ -22,7 +22,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keel_api::{
-    InstallAnswer, RollbackRequest, SlotInfo, UpdatePhase, UpdateStatus, ROLLBACK_CONFIRMATION,
+    AvailableState, AvailableUpdates, ChainState, ChainStatus, DownloadKeyAnswer, InstallAnswer,
+    InstallOnlineRequest, RollbackRequest, SlotInfo, UpdatePhase, UpdateSettings,
+    UpdateSettingsRequest, UpdateStatus, ROLLBACK_CONFIRMATION,
 };
 use keel_core::local_api::{Client, LocalApiError};
 use serde::de::DeserializeOwned;
@@ -52,6 +54,9 @@ const SERVICE_IDLE_LIMIT: Duration = Duration::from_secs(120);
 const ANSWER_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// Status and rollback calls.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
+/// A check fetches the feed (through a proxy, maybe slow): connect and read
+/// timeouts of keel-update are 30 s and 60 s.
+const CHECK_LIMIT: Duration = Duration::from_secs(120);
 /// The Basics page does not wait longer for its one line.
 const PAGE_LIMIT: Duration = Duration::from_secs(2);
 /// Chunks in flight between the upload and keel-update.
@@ -491,6 +496,88 @@ async fn api_rollback(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
+// ---- Online: settings, check, install from the feed, download key -------------
+
+async fn api_get_settings(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<UpdateSettings>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    call::<(), _>("GET", "/settings", None, CALL_LIMIT)
+        .await
+        .map(Json)
+}
+
+async fn api_put_settings(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateSettingsRequest>,
+) -> Result<Json<UpdateSettings>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    call("PUT", "/settings", Some(&body), CALL_LIMIT)
+        .await
+        .map(Json)
+}
+
+async fn check() -> Result<AvailableUpdates, ApiError> {
+    call::<(), _>("POST", "/check", None, CHECK_LIMIT).await
+}
+
+async fn api_check(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<AvailableUpdates>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    check().await.map(Json)
+}
+
+async fn api_available(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<AvailableUpdates>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    call::<(), _>("GET", "/available", None, CALL_LIMIT)
+        .await
+        .map(Json)
+}
+
+async fn install_online(req: &InstallOnlineRequest) -> Result<InstallAnswer, ApiError> {
+    call("POST", "/install-online", Some(req), ANSWER_LIMIT).await
+}
+
+async fn api_install_online(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<InstallOnlineRequest>,
+) -> Result<Json<InstallAnswer>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    install_online(&body).await.map(Json)
+}
+
+async fn install_all() -> Result<ChainStatus, ApiError> {
+    call::<(), _>("POST", "/install-all", None, ANSWER_LIMIT).await
+}
+
+async fn api_install_all(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<ChainStatus>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    install_all().await.map(Json)
+}
+
+async fn download_key() -> Result<DownloadKeyAnswer, ApiError> {
+    call::<(), _>("POST", "/download-key", None, CALL_LIMIT).await
+}
+
+async fn api_download_key(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<DownloadKeyAnswer>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    download_key().await.map(Json)
+}
+
 // ---- HTML: Support › Updates ---------------------------------------------------
 
 /// The running or the other slot, as a line.
@@ -586,6 +673,89 @@ fn view(s: &UpdateStatus) -> StatusView {
     }
 }
 
+/// One feed entry as the page lists it.
+pub struct EntryView {
+    pub version: String,
+    pub component: String,
+    pub size: String,
+    /// Installable now: it gets an *Install* button; otherwise greyed out.
+    pub installable: bool,
+    pub state: String,
+}
+
+/// The online part of the page: settings, the last check, the chain.
+#[derive(Default)]
+pub struct OnlineView {
+    pub settings: Option<UpdateSettings>,
+    pub checked: Option<String>,
+    pub entries: Vec<EntryView>,
+    /// *Install all in order*: the versions in order.
+    pub plan: Vec<String>,
+    pub chain: Option<String>,
+    pub chain_failed: bool,
+    pub chain_running: bool,
+    pub error: Option<String>,
+    pub settings_error: Option<String>,
+    pub download_key: Option<DownloadKeyAnswer>,
+}
+
+fn entry_view(e: &keel_api::AvailableEntry) -> EntryView {
+    let state = match e.state {
+        AvailableState::Installable => "installable".to_owned(),
+        AvailableState::Installed => "installed (running now)".to_owned(),
+        _ => e.reason.clone().unwrap_or_else(|| "not installable".into()),
+    };
+    EntryView {
+        version: e.version.clone(),
+        component: e.component.clone(),
+        size: format!("{:.1} MiB", e.size as f64 / (1024.0 * 1024.0)),
+        installable: e.state == AvailableState::Installable,
+        state,
+    }
+}
+
+fn chain_line(c: &ChainStatus) -> String {
+    let state = match c.state {
+        ChainState::Running => "running",
+        ChainState::Done => "done",
+        ChainState::Failed => "stopped",
+    };
+    let mut line = format!(
+        "{state}: {} of {} steps ({})",
+        c.done,
+        c.steps.len(),
+        c.steps.join(" → ")
+    );
+    if let Some(m) = &c.message {
+        line.push_str(&format!(". {m}"));
+    }
+    line
+}
+
+fn online_view(
+    settings: Option<UpdateSettings>,
+    available: Option<&AvailableUpdates>,
+    chain: Option<&ChainStatus>,
+) -> OnlineView {
+    OnlineView {
+        settings,
+        checked: available.map(|a| {
+            format!(
+                "checked {} against Keel {} (feed signed {}, valid until {})",
+                a.checked_at, a.installed, a.feed_created, a.feed_expires
+            )
+        }),
+        entries: available
+            .map(|a| a.entries.iter().map(entry_view).collect())
+            .unwrap_or_default(),
+        plan: available.map(|a| a.plan.clone()).unwrap_or_default(),
+        chain: chain.map(chain_line),
+        chain_failed: chain.is_some_and(|c| c.state == ChainState::Failed),
+        chain_running: chain.is_some_and(|c| c.state == ChainState::Running),
+        ..OnlineView::default()
+    }
+}
+
 /// The Basics page's line about the last update, when keel-update has one.
 pub async fn basics_line() -> Option<OutcomeLine> {
     status(PAGE_LIMIT)
@@ -608,6 +778,7 @@ struct UpdatesPage {
     reboot: bool,
     rollback_error: Option<String>,
     rollback_confirm: String,
+    online: OnlineView,
 }
 
 impl UpdatesPage {
@@ -625,13 +796,35 @@ struct PageOpts {
     reboot: Option<bool>,
     rollback_error: Option<String>,
     rollback_confirm: String,
+    /// A fresh check's answer (else the last one keel-update has).
+    available: Option<AvailableUpdates>,
+    online_error: Option<String>,
+    settings_error: Option<String>,
+    download_key: Option<DownloadKeyAnswer>,
 }
 
 async fn page(status_code: StatusCode, csrf: String, opts: PageOpts) -> Response {
-    let (status, unavailable) = match status(CALL_LIMIT).await {
-        Ok(s) => (Some(view(&s)), None),
+    let (raw, unavailable) = match status(CALL_LIMIT).await {
+        Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e.message)),
     };
+    let status = raw.as_ref().map(view);
+    let mut online = OnlineView::default();
+    if let Some(s) = &raw {
+        let settings = call::<(), UpdateSettings>("GET", "/settings", None, CALL_LIMIT)
+            .await
+            .ok();
+        let available = match opts.available {
+            Some(a) => Some(a),
+            None => call::<(), AvailableUpdates>("GET", "/available", None, CALL_LIMIT)
+                .await
+                .ok(),
+        };
+        online = online_view(settings, available.as_ref(), s.chain.as_ref());
+    }
+    online.error = opts.online_error;
+    online.settings_error = opts.settings_error;
+    online.download_key = opts.download_key;
     let page = UpdatesPage {
         csrf,
         error: None,
@@ -642,6 +835,7 @@ async fn page(status_code: StatusCode, csrf: String, opts: PageOpts) -> Response
         reboot: opts.reboot.unwrap_or(true),
         rollback_error: opts.rollback_error,
         rollback_confirm: opts.rollback_confirm,
+        online,
     };
     match page.render() {
         Ok(html) => (status_code, Html(html)).into_response(),
@@ -914,6 +1108,193 @@ async fn rollback_submit(
     }
 }
 
+#[derive(Deserialize)]
+struct SettingsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    feed_url: String,
+    #[serde(default)]
+    proxy_url: String,
+    #[serde(default)]
+    proxy_user: String,
+    /// Empty keeps the stored password.
+    #[serde(default)]
+    proxy_password: String,
+    #[serde(default)]
+    clear_password: Option<String>,
+    #[serde(default)]
+    ca_certificate: String,
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    version: String,
+}
+
+/// The session's CSRF token after a form's session and token were checked.
+#[allow(clippy::result_large_err)]
+fn form_csrf(st: &app::AppState, headers: &HeaderMap, token: &str) -> Result<String, Response> {
+    crate::web::form_session(st, headers, token).map_err(|r| *r)?;
+    Ok(st
+        .session(headers)
+        .map(|(_, s)| s.csrf_token)
+        .unwrap_or_default())
+}
+
+/// A form's action on the Updates page, shown on the page: `action` runs only
+/// after the session and CSRF token were checked (a future does nothing until
+/// awaited).
+async fn form_action(
+    st: &app::AppState,
+    headers: &HeaderMap,
+    token: &str,
+    action: impl std::future::Future<Output = PageOpts>,
+) -> Response {
+    let csrf = match form_csrf(st, headers, token) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    page(StatusCode::OK, csrf, action.await).await
+}
+
+async fn settings_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<SettingsForm>,
+) -> Response {
+    form_action(&st, &headers, &form.csrf, async {
+        let req = UpdateSettingsRequest {
+            feed_url: Some(form.feed_url),
+            proxy_url: Some(form.proxy_url),
+            proxy_user: Some(form.proxy_user),
+            proxy_password: if form.clear_password.is_some() {
+                Some(String::new())
+            } else if form.proxy_password.is_empty() {
+                None
+            } else {
+                Some(form.proxy_password)
+            },
+            ca_certificate: Some(form.ca_certificate),
+        };
+        match call::<_, UpdateSettings>("PUT", "/settings", Some(&req), CALL_LIMIT).await {
+            Ok(_) => PageOpts {
+                notice: Some("Online update settings saved.".into()),
+                ..PageOpts::default()
+            },
+            Err(e) => PageOpts {
+                settings_error: Some(e.message),
+                ..PageOpts::default()
+            },
+        }
+    })
+    .await
+}
+
+async fn check_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    form_action(&st, &headers, &form.csrf, async {
+        match check().await {
+            Ok(a) => PageOpts {
+                notice: Some(if a.plan.is_empty() {
+                    "Checked: this appliance is up to date.".into()
+                } else {
+                    format!("Checked: updates available ({}).", a.plan.join(" → "))
+                }),
+                available: Some(a),
+                ..PageOpts::default()
+            },
+            Err(e) => PageOpts {
+                online_error: Some(format!("Check for updates failed: {}", e.message)),
+                ..PageOpts::default()
+            },
+        }
+    })
+    .await
+}
+
+async fn install_online_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    form_action(&st, &headers, &form.csrf, async {
+        let req = InstallOnlineRequest {
+            version: form.version.trim().to_owned(),
+            reboot: true,
+        };
+        match install_online(&req).await {
+            Ok(a) => PageOpts {
+                notice: Some(format!(
+                    "Keel {} was downloaded, verified and installed in slot {}. The appliance \
+                         restarts now to try it; if it does not come up healthy, it goes back \
+                         to the version running now by itself.",
+                    a.version, a.slot
+                )),
+                ..PageOpts::default()
+            },
+            Err(e) => PageOpts {
+                online_error: Some(format!(
+                    "Install of Keel {} failed: {}",
+                    req.version, e.message
+                )),
+                ..PageOpts::default()
+            },
+        }
+    })
+    .await
+}
+
+async fn install_all_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    form_action(&st, &headers, &form.csrf, async {
+        match install_all().await {
+            Ok(c) => PageOpts {
+                notice: Some(format!(
+                    "Installing in order: {}. The appliance restarts once per step and goes \
+                         on after each healthy start.",
+                    c.steps.join(" → ")
+                )),
+                ..PageOpts::default()
+            },
+            Err(e) => PageOpts {
+                online_error: Some(e.message),
+                ..PageOpts::default()
+            },
+        }
+    })
+    .await
+}
+
+async fn download_key_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    form_action(&st, &headers, &form.csrf, async {
+        match download_key().await {
+            Ok(k) => PageOpts {
+                download_key: Some(k),
+                ..PageOpts::default()
+            },
+            Err(e) => PageOpts {
+                install_error: Some(format!("No download key: {}", e.message)),
+                ..PageOpts::default()
+            },
+        }
+    })
+    .await
+}
+
 /// The update routes, full paths (merged into the console's router). The two
 /// install routes read up to a bundle's size (the global limit skips them, see
 /// `app::refuse_oversized` and [`own_body_limit`]).
@@ -926,6 +1307,38 @@ pub fn router() -> Router<Shared> {
         .route(PAGE, get(html_page))
         .route(PAGE_INSTALL, post(install_submit).layer(bundle()))
         .route("/appliance/support/updates/rollback", post(rollback_submit))
+        .route(
+            "/appliance/api/v1/update/settings",
+            get(api_get_settings).put(api_put_settings),
+        )
+        .route("/appliance/api/v1/update/check", post(api_check))
+        .route("/appliance/api/v1/update/available", get(api_available))
+        .route(
+            "/appliance/api/v1/update/install-online",
+            post(api_install_online),
+        )
+        .route(
+            "/appliance/api/v1/update/install-all",
+            post(api_install_all),
+        )
+        .route(
+            "/appliance/api/v1/update/download-key",
+            post(api_download_key),
+        )
+        .route("/appliance/support/updates/settings", post(settings_submit))
+        .route("/appliance/support/updates/check", post(check_submit))
+        .route(
+            "/appliance/support/updates/install-online",
+            post(install_online_submit),
+        )
+        .route(
+            "/appliance/support/updates/install-all",
+            post(install_all_submit),
+        )
+        .route(
+            "/appliance/support/updates/download-key",
+            post(download_key_submit),
+        )
 }
 
 #[cfg(test)]
@@ -960,6 +1373,7 @@ mod tests {
                 at: "2026-12-01T09:00:00Z".into(),
             }),
             rollback_to: None,
+            chain: None,
         }
     }
 
@@ -976,6 +1390,7 @@ mod tests {
             reboot: opts.reboot.unwrap_or(true),
             rollback_error: opts.rollback_error,
             rollback_confirm: opts.rollback_confirm,
+            online: OnlineView::default(),
         }
         .render()
         .unwrap()
@@ -1042,6 +1457,103 @@ mod tests {
         let html = render(None, PageOpts::default());
         assert!(html.contains("update service unavailable: x"));
         assert!(!html.contains("type=\"file\""));
+    }
+
+    #[test]
+    fn online_sections_grey_out_what_does_not_fit() {
+        let mut st = sample();
+        st.progress = UpdateProgress::default();
+        let entry = |v: &str, state, reason: Option<&str>| keel_api::AvailableEntry {
+            file: format!("keel-{v}.kbundle"),
+            component: "base".into(),
+            version: v.into(),
+            size: 3 << 20,
+            sha256: "00".into(),
+            state,
+            reason: reason.map(str::to_owned),
+            steps: vec![],
+        };
+        let available = AvailableUpdates {
+            checked_at: "2026-12-01T10:00:00Z".into(),
+            feed_url: "https://u.example/feed".into(),
+            feed_created: "c".into(),
+            feed_expires: "e".into(),
+            installed: "0.1.1".into(),
+            entries: vec![
+                entry("0.2.0", AvailableState::Installable, None),
+                entry(
+                    "0.3.0",
+                    AvailableState::NeedsFirst,
+                    Some("needs base 0.2.0 first"),
+                ),
+            ],
+            plan: vec!["0.2.0".into(), "0.3.0".into()],
+        };
+        let chain = ChainStatus {
+            steps: available.plan.clone(),
+            done: 1,
+            current: Some("0.3.0".into()),
+            state: ChainState::Failed,
+            message: Some("install all stopped at 0.3.0: boom".into()),
+            started_at: "t".into(),
+        };
+        let settings = UpdateSettings {
+            feed_url: Some("https://u.example/feed".into()),
+            proxy_url: Some("http://proxy:3128".into()),
+            proxy_user: Some("bob".into()),
+            proxy_password_set: true,
+            ca_certificate: None,
+        };
+        let mut online = online_view(Some(settings), Some(&available), Some(&chain));
+        online.download_key = Some(DownloadKeyAnswer {
+            text: "-----BEGIN KEEL DOWNLOAD KEY-----\nAAAA\n-----END KEEL DOWNLOAD KEY-----\n"
+                .into(),
+            appliance_id: "keel-0123".into(),
+            installed: vec!["base 0.1.1".into()],
+            created: "c".into(),
+            expires: "x".into(),
+        });
+        let html = UpdatesPage {
+            csrf: "tok".into(),
+            error: None,
+            notice: None,
+            unavailable: None,
+            status: Some(view(&st)),
+            install_error: None,
+            reboot: true,
+            rollback_error: None,
+            rollback_confirm: String::new(),
+            online,
+        }
+        .render()
+        .unwrap();
+        for want in [
+            "<button type=\"submit\">Install 0.2.0</button>",
+            "class=\"unavailable\" style=\"color:#888\"><td>base 0.3.0</td>",
+            "needs base 0.2.0 first",
+            "Keel 0.2.0 → Keel 0.3.0",
+            "Install all in order</button>",
+            "Check for updates</button>",
+            "stopped: 1 of 2 steps (0.2.0 → 0.3.0). install all stopped at 0.3.0: boom",
+            "Proxy password (set; empty keeps it)",
+            "value=\"http://proxy:3128\"",
+            "<pre id=\"download-key\">-----BEGIN KEEL DOWNLOAD KEY-----",
+            "Make download key</button>",
+        ] {
+            assert!(html.contains(want), "{want:?} in\n{html}");
+        }
+        assert!(
+            !html.contains("Install 0.3.0"),
+            "no install button for 0.3.0"
+        );
+        assert!(!html.contains("<script"));
+        let forms = html.matches("<form method=\"post\"").count();
+        let tokens = html.matches("name=\"csrf\" value=\"tok\"").count();
+        // (The navigation's logout form carries one too.)
+        assert!(
+            tokens > forms,
+            "every form carries the CSRF token: {forms} {tokens}"
+        );
     }
 
     #[tokio::test]

@@ -112,6 +112,7 @@ fn the_defaults_are_the_documented_ones() {
     assert_eq!(d.max_per_source, 64);
     assert_eq!(d.handshake_timeout, Duration::from_secs(10));
     assert_eq!(d.header_read_timeout, Duration::from_secs(20));
+    assert_eq!(d.body_idle_timeout, Duration::from_secs(30));
 }
 
 /// With the default limits, as the console runs: 2000 idle connections from one
@@ -279,6 +280,7 @@ async fn silent_slow_and_idle_connections_are_closed_on_time() {
     let limits = tls::ConnLimits {
         handshake_timeout: Duration::from_secs(2),
         header_read_timeout: Duration::from_secs(2),
+        body_idle_timeout: Duration::from_secs(2),
         ..Default::default()
     };
     let (server, limiter) = serve_limited(data.path(), limits.clone()).await;
@@ -316,6 +318,19 @@ async fn silent_slow_and_idle_connections_are_closed_on_time() {
     assert!(closed_within(&mut rd, patience).await);
     closed_on_time(since, limits.header_read_timeout, "slow headers");
     dripping.abort();
+
+    // Headers whole, then a body that stops: the request ends, the connection goes.
+    let mut tls = tls_connect(server, local).await;
+    tls.write_all(
+        b"POST /appliance/api/v1/login HTTP/1.1\r\nHost: keel\r\n\
+          Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"password\": \"",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let since = Instant::now();
+    assert!(closed_within(&mut tls, patience).await);
+    closed_on_time(since, limits.body_idle_timeout, "stalled body");
 
     // One request answered, then idle on keep-alive.
     let mut tls = tls_connect(server, local).await;

@@ -76,7 +76,7 @@ fn start_update(root: &Path, boot: Boot, reboots: &Arc<AtomicUsize>) -> PathBuf 
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(
         etc.join("os-release"),
-        format!("NAME=Keel\nVERSION_ID={}\n", boot.version),
+        format!("NAME=Keel\nID=keel\nVERSION_ID={}\n", boot.version),
     )
     .unwrap();
     std::fs::write(

@@ -22,6 +22,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A file whose format version this build cannot read (crate::format).
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -124,13 +127,21 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(),
 
 /// Reads a JSON file; `Ok(None)` when it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let Some(bytes) = read_optional(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| StoreError::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A file's bytes; `Ok(None)` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Json {
-                path: path.to_path_buf(),
-                source,
-            }),
+        Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StoreError::Io {
             path: path.to_path_buf(),

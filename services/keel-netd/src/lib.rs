@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod defaults;
+pub mod files;
 pub mod kernel;
 pub mod netns;
 pub mod plan;

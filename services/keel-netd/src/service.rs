@@ -110,22 +110,24 @@ impl Netd {
     /// Loads the confirmed configuration (the factory default without one) and
     /// applies it. Problems applying are logged, not fatal: the re-apply retries.
     pub async fn start(settings: Settings, kernel: Kernel) -> Result<Arc<Self>, NetdError> {
-        let (confirmed, source) =
-            match keel_core::store::read_json::<NetConfig>(&settings.config_path()) {
-                Ok(Some(c)) => (c, "file"),
-                Ok(None) => (
+        if let Err(e) = crate::files::upgrade_config(&settings.config_path()) {
+            tracing::error!("{e}");
+        }
+        let (confirmed, source) = match crate::files::read_config(&settings.config_path()) {
+            Ok(Some(c)) => (c, "file"),
+            Ok(None) => (
+                crate::defaults::default_config(&kernel.links().await?),
+                "default",
+            ),
+            Err(e) => {
+                // A damaged file must not leave the box unreachable: fall back to DHCP.
+                tracing::error!("{e}; using the factory default (DHCP)");
+                (
                     crate::defaults::default_config(&kernel.links().await?),
                     "default",
-                ),
-                Err(e) => {
-                    // A damaged file must not leave the box unreachable: fall back to DHCP.
-                    tracing::error!("{e}; using the factory default (DHCP)");
-                    (
-                        crate::defaults::default_config(&kernel.links().await?),
-                        "default",
-                    )
-                }
-            };
+                )
+            }
+        };
         let netd = Arc::new(Self {
             settings,
             kernel,
@@ -175,7 +177,8 @@ impl Netd {
         let want = NtpServers {
             servers: cfg.ntp_servers.clone(),
         };
-        if keel_core::store::read_json::<NtpServers>(&path)
+        if crate::files::NTP_SERVERS
+            .read::<NtpServers>(&path)
             .ok()
             .flatten()
             .as_ref()
@@ -186,7 +189,7 @@ impl Netd {
         if let Some(dir) = path.parent() {
             keel_core::store::ensure_dir(dir, 0o755)?;
         }
-        keel_core::store::write_json(&path, &want, 0o644)
+        crate::files::NTP_SERVERS.write(&path, &want, 0o644)
     }
 
     fn pending_view(p: &Pending, previous: &NetConfig) -> NetPending {
@@ -331,7 +334,7 @@ impl Netd {
         if let Some(dir) = path.parent() {
             keel_core::store::ensure_dir(dir, 0o755)?;
         }
-        keel_core::store::write_json(&path, &p.proposed, 0o644)?;
+        crate::files::write_config(&path, &p.proposed)?;
         self.write_ntp(&p.proposed)?;
         let p = st.pending.take().expect("checked");
         st.confirmed = p.proposed;

@@ -114,11 +114,14 @@ fn static_addresses_routes_and_gateways_reach_the_kernel() {
         assert!(r6.iter().any(|r| r == want), "{want:?} in {r6:?}");
     }
     // Confirmed: on disk, and the NTP list for keel-timed.
-    let saved: NetConfig =
-        serde_json::from_slice(&std::fs::read(data.join("net/config.json")).unwrap()).unwrap();
+    let saved = keel_netd::files::read_config(&data.join("net/config.json"))
+        .unwrap()
+        .unwrap();
     assert_eq!(saved.hostname, "edge-1");
-    let ntp: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("net/ntp-servers.json")).unwrap()).unwrap();
+    let ntp: serde_json::Value = keel_netd::files::NTP_SERVERS
+        .read(&data.join("net/ntp-servers.json"))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         ntp,
         serde_json::json!({"servers": ["ntp1.example.org", "192.0.2.123"]})
@@ -170,9 +173,9 @@ fn unconfirmed_change_reverts_after_the_window() {
         reverted >= Duration::from_millis(1500) && reverted < Duration::from_secs(4),
         "reverted after {reverted:?}"
     );
-    let saved: NetConfig =
-        serde_json::from_slice(&std::fs::read(dir.path().join("data/net/config.json")).unwrap())
-            .unwrap();
+    let saved = keel_netd::files::read_config(&dir.path().join("data/net/config.json"))
+        .unwrap()
+        .unwrap();
     assert_eq!(saved, base(), "the file was never touched");
 }
 
@@ -217,9 +220,9 @@ fn confirmed_change_stays_and_cancel_reverts_at_once() {
         assert_eq!(addresses_of(&name, "eth0"), ["10.0.0.4/24"]);
     })
     .unwrap();
-    let saved: NetConfig =
-        serde_json::from_slice(&std::fs::read(dir.path().join("data/net/config.json")).unwrap())
-            .unwrap();
+    let saved = keel_netd::files::read_config(&dir.path().join("data/net/config.json"))
+        .unwrap()
+        .unwrap();
     assert_eq!(saved.interfaces[0].addresses[0].to_string(), "10.0.0.4/24");
 }
 

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use keel_api::NtpServers;
+use keel_core::format::{FileFormat, NTP_SERVERS};
 use serde::{Deserialize, Serialize};
 
 /// More servers than this only slow the check down.
@@ -66,6 +67,12 @@ impl Paths {
     }
 }
 
+/// `/data/timed/config.json`: timed's own settings, format 1.
+pub const TIMED_CONFIG: FileFormat = FileFormat::first("time settings");
+
+/// `/data/timed/manual.json`: the record of a time set by hand, format 1.
+pub const MANUAL_RECORD: FileFormat = FileFormat::first("record of the time set by hand");
+
 /// `/data/timed/config.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TimedConfig {
@@ -92,14 +99,16 @@ impl ServerList {
 
 /// The list in force: netd's if its file exists, else timed's (empty if neither).
 pub fn load_servers(paths: &Paths) -> Result<ServerList, ConfigError> {
-    if let Some(n) = keel_core::store::read_json::<NtpServers>(&paths.netd_servers)? {
+    if let Some(n) = NTP_SERVERS.read::<NtpServers>(&paths.netd_servers)? {
         return Ok(ServerList {
             servers: n.servers,
             source: Source::Netd,
             path: paths.netd_servers.clone(),
         });
     }
-    let c = keel_core::store::read_json::<TimedConfig>(&paths.config)?.unwrap_or_default();
+    let c = TIMED_CONFIG
+        .read::<TimedConfig>(&paths.config)?
+        .unwrap_or_default();
     Ok(ServerList {
         servers: c.servers,
         source: Source::Timed,
@@ -116,9 +125,11 @@ pub fn save_servers(paths: &Paths, servers: &[String]) -> Result<ServerList, Con
     if let Some(dir) = paths.config.parent() {
         keel_core::store::ensure_dir(dir, 0o755)?;
     }
-    let mut config = keel_core::store::read_json::<TimedConfig>(&paths.config)?.unwrap_or_default();
+    let mut config = TIMED_CONFIG
+        .read::<TimedConfig>(&paths.config)?
+        .unwrap_or_default();
     config.servers = servers;
-    keel_core::store::write_json(&paths.config, &config, 0o644)?;
+    TIMED_CONFIG.write(&paths.config, &config, 0o644)?;
     load_servers(paths)
 }
 

@@ -244,10 +244,12 @@ impl Timed {
     }
 
     fn manual_record(&self) -> Option<ManualRecord> {
-        keel_core::store::read_json(&self.settings.paths.manual).unwrap_or_else(|e| {
-            tracing::warn!("{e}");
-            None
-        })
+        config::MANUAL_RECORD
+            .read(&self.settings.paths.manual)
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                None
+            })
     }
 
     fn render_timesyncd(&self, servers: &[String]) {
@@ -334,7 +336,7 @@ impl Timed {
             if let Some(dir) = self.settings.paths.manual.parent() {
                 keel_core::store::ensure_dir(dir, 0o755)?;
             }
-            keel_core::store::write_json(&self.settings.paths.manual, &record, 0o644)?;
+            config::MANUAL_RECORD.write(&self.settings.paths.manual, &record, 0o644)?;
         }
         tracing::warn!(set_at = %record.set_at, previous = %record.previous, "clock set by hand");
         Ok(record)

@@ -64,6 +64,9 @@ struct Args {
     /// only logs.
     #[arg(long, default_value = "systemctl reboot --no-block")]
     reboot_command: String,
+    /// The image's CA roots for the feed server (PEM bundle); the settings may add one CA.
+    #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
+    ca_bundle: PathBuf,
 }
 
 impl Args {
@@ -79,6 +82,7 @@ impl Args {
         c.timed_socket = (!self.no_clock_gate).then(|| self.timed_socket.clone());
         c.boot_id_file = self.boot_id_file.clone();
         c.tries = self.tries;
+        c.ca_bundle = self.ca_bundle.clone();
         let cmd = self.reboot_command.clone();
         c.reboot = Arc::new(move || {
             if cmd == "none" {
@@ -116,6 +120,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let idle_exit = (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit));
     let updater = Updater::start(args.config());
+    // Install all in order goes on after a healthy boot (the outcome is settled).
+    let resume = updater.clone();
+    tokio::spawn(async move { resume.resume_chain().await });
     tokio::select! {
         served = idle::serve(listener, updater, idle_exit) => served?,
         stopped = keel_core::notify::ready_until_stopped() => stopped?,

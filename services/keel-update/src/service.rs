@@ -2,9 +2,8 @@
 //! outcome of a trial after the reboot, rollback, and the status.
 
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use keel_boot::{Esp, Slot};
 use keel_bundle::{check_installable, Installed, Kind, Timestamp, TrustedKeys, Verifier, Version};
 use tokio::sync::mpsc;
 
-use crate::slot::{fill, SlotDevice, CHUNK};
+use crate::slot::{write_and_read_back, SlotDevice, StreamError, StreamEvents};
 use crate::state::{PendingTrial, SlotContent, SlotRecord, UpdateState};
 
 /// The product every bundle must be made for.
@@ -32,7 +31,7 @@ pub const BOOT_REREAD: Duration = Duration::from_secs(5);
 pub const GATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type RebootFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-/// Test hook: runs after the slot was written and synced, before it is read back.
+/// Test hook: runs before each written range of the slot is read back.
 pub type ReadBackHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 #[derive(Clone)]
@@ -58,6 +57,9 @@ pub struct Config {
     pub tries: u8,
     pub reboot: RebootFn,
     pub before_read_back: Option<ReadBackHook>,
+    /// The image's CA roots (PEM bundle) for the feed server; a missing file
+    /// leaves only the extra CA of the settings.
+    pub ca_bundle: PathBuf,
 }
 
 impl Config {
@@ -76,11 +78,22 @@ impl Config {
             tries: 3,
             reboot: Arc::new(|| run_command("systemctl reboot --no-block")),
             before_read_back: None,
+            ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
         }
     }
 
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("state.json")
+    }
+
+    /// The online settings (feed URL, proxy, extra CA).
+    pub fn settings_file(&self) -> PathBuf {
+        self.state_dir.join("settings.json")
+    }
+
+    /// The appliance identity key that signs download keys.
+    pub fn identity_file(&self) -> PathBuf {
+        self.state_dir.join("identity.secret")
     }
 
     pub fn slot_path(&self, slot: Slot) -> PathBuf {
@@ -116,6 +129,8 @@ pub enum ErrorKind {
     BadRequest,
     /// Reading, writing, read-back or arming failed (500).
     Failed,
+    /// The feed server or the proxy could not be reached or broke off (502).
+    Network,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +147,7 @@ impl std::fmt::Display for UpdateError {
 
 impl std::error::Error for UpdateError {}
 
-fn err(kind: ErrorKind, message: impl Into<String>) -> UpdateError {
+pub(crate) fn err(kind: ErrorKind, message: impl Into<String>) -> UpdateError {
     UpdateError {
         kind,
         message: message.into(),
@@ -157,13 +172,8 @@ impl From<&keel_boot::Status> for BootView {
     }
 }
 
-/// `VERSION_ID=` of an os-release file.
-pub fn os_release_version(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("VERSION_ID="))
-        .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-        .filter(|v| !v.is_empty())
-}
+/// `VERSION_ID=` of Keel's os-release (`ID=keel`); one reader for every service.
+pub use keel_core::release::os_release_version;
 
 fn now() -> String {
     Timestamp::now().to_string()
@@ -260,6 +270,8 @@ pub struct Updater {
     reboots: AtomicUsize,
     /// One ESP user at a time (mounting, reading, a transition).
     esp: Mutex<()>,
+    /// Online check, download, install all in order (`online.rs`, `chain.rs`).
+    online: crate::online::Online,
 }
 
 impl Updater {
@@ -276,6 +288,7 @@ impl Updater {
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         let state = UpdateState::load(&cfg.state_file());
+        let online = crate::online::Online::load(&cfg);
         let upd = Arc::new(Self {
             cfg,
             running,
@@ -289,6 +302,7 @@ impl Updater {
             tasks: AtomicUsize::new(0),
             reboots: AtomicUsize::new(0),
             esp: Mutex::new(()),
+            online,
         });
         match (upd.running, &upd.running_version) {
             (Some(slot), Some(version)) => {
@@ -332,7 +346,23 @@ impl Updater {
         }
     }
 
-    fn set_progress(&self, f: impl FnOnce(&mut UpdateProgress)) {
+    pub(crate) fn online(&self) -> &crate::online::Online {
+        &self.online
+    }
+
+    pub fn running_version(&self) -> Option<&str> {
+        self.running_version.as_deref()
+    }
+
+    /// Changes the state under its lock and saves it.
+    pub(crate) fn update_state<R>(&self, f: impl FnOnce(&mut UpdateState) -> R) -> R {
+        let mut st = lock(&self.state);
+        let r = f(&mut st);
+        self.save(&st);
+        r
+    }
+
+    pub(crate) fn set_progress(&self, f: impl FnOnce(&mut UpdateProgress)) {
         f(&mut lock(&self.progress));
     }
 
@@ -480,15 +510,19 @@ impl Updater {
             progress,
             last_outcome: st.last_outcome.clone(),
             rollback_to,
+            chain: st.chain.clone(),
         }
     }
 
     /// An install or a rollback is running, or work of one still ends (its
     /// blocking task, the reboot after the answer): the service must not exit now.
     pub fn busy(&self) -> bool {
-        self.busy.load(Ordering::SeqCst)
-            || self.tasks.load(Ordering::SeqCst) > 0
-            || self.reboots.load(Ordering::SeqCst) > 0
+        self.installing() || self.reboots.load(Ordering::SeqCst) > 0 || self.online.working()
+    }
+
+    /// An install or rollback (or its blocking task) runs.
+    pub(crate) fn installing(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) || self.tasks.load(Ordering::SeqCst) > 0
     }
 
     /// The one install or rollback at a time: also not while the blocking task of
@@ -503,6 +537,12 @@ impl Updater {
 
     /// The clock gate of keel-timed: refused, or unreachable, means no install.
     async fn clock_gate(&self) -> Result<Option<String>, UpdateError> {
+        self.clock_gate_for("install").await
+    }
+
+    /// The clock gate for `what` (an install, a check, a download key): signature
+    /// and feed validity periods are judged by this clock.
+    pub(crate) async fn clock_gate_for(&self, what: &str) -> Result<Option<String>, UpdateError> {
         let Some(sock) = &self.cfg.timed_socket else {
             return Ok(None);
         };
@@ -517,7 +557,7 @@ impl Updater {
             Err(_) => Err(err(
                 ErrorKind::Refused,
                 format!(
-                    "install refused: the clock could not be checked, keel-timed did not answer \
+                    "{what} refused: the clock could not be checked, keel-timed did not answer \
                      within {} s. {fix}",
                     GATE_TIMEOUT.as_secs()
                 ),
@@ -525,14 +565,14 @@ impl Updater {
             Ok(Err(e)) => Err(err(
                 ErrorKind::Refused,
                 format!(
-                    "install refused: the clock could not be checked, keel-timed is unreachable \
+                    "{what} refused: the clock could not be checked, keel-timed is unreachable \
                      ({e}). {fix}"
                 ),
             )),
             Ok(Ok(g)) if !g.allowed => Err(err(
                 ErrorKind::Refused,
                 format!(
-                    "install refused by the clock gate: {}",
+                    "{what} refused by the clock gate: {}",
                     g.reason
                         .unwrap_or_else(|| "the clock is not right (no reason given)".into())
                 ),
@@ -547,6 +587,21 @@ impl Updater {
         body: Body,
         content_length: Option<u64>,
         reboot: bool,
+    ) -> Result<InstallAnswer, UpdateError> {
+        self.install_with(body, content_length, reboot, None, "upload")
+            .await
+    }
+
+    /// [`Updater::install`] of a bundle the verified feed announced (`expect`):
+    /// its signed manifest must be that entry (size, hash, version) before a byte
+    /// is written. `source` names the body in errors ("upload", "download").
+    pub async fn install_with(
+        self: &Arc<Self>,
+        body: Body,
+        content_length: Option<u64>,
+        reboot: bool,
+        expect: Option<keel_bundle::FeedEntry>,
+        source: &'static str,
     ) -> Result<InstallAnswer, UpdateError> {
         let Some(busy) = self.try_begin() else {
             let _ = drain(body, None, None).await;
@@ -576,10 +631,13 @@ impl Updater {
                 let work = Working::task(self);
                 let worker = tokio::task::spawn_blocking(move || {
                     let _work = work;
-                    upd.run_install(ChunkReader {
-                        rx,
-                        cur: Bytes::new(),
-                    })
+                    upd.run_install(
+                        ChunkReader {
+                            rx,
+                            cur: Bytes::new(),
+                        },
+                        expect.as_ref(),
+                    )
                 });
                 let pumped = drain(body, Some(tx), Some(self)).await;
                 let result = match worker.await {
@@ -588,7 +646,7 @@ impl Updater {
                 };
                 match (result, pumped) {
                     (Err(mut e), Err(upload)) => {
-                        e.message = format!("upload interrupted ({upload}): {}", e.message);
+                        e.message = format!("{source} interrupted ({upload}): {}", e.message);
                         Err(e)
                     }
                     (r, _) => r,
@@ -635,7 +693,11 @@ impl Updater {
 
     /// The blocking part of an install, on its own thread: verify, write, read
     /// back, arm. Any error leaves the trial unarmed.
-    fn run_install(&self, reader: ChunkReader) -> Result<InstallAnswer, UpdateError> {
+    fn run_install(
+        &self,
+        reader: ChunkReader,
+        expect: Option<&keel_bundle::FeedEntry>,
+    ) -> Result<InstallAnswer, UpdateError> {
         let refused = |m: String| err(ErrorKind::Refused, m);
         let running = self.running.ok_or_else(|| {
             refused(format!(
@@ -677,6 +739,9 @@ impl Updater {
             p.phase = UpdatePhase::Verify;
             p.version = Some(version.clone());
         });
+        if let Some(e) = expect {
+            crate::online::check_announced(e, &m)?;
+        }
         if m.kind == Kind::App {
             return Err(refused(
                 "install refused: app bundles are not supported on this version yet".into(),
@@ -812,65 +877,87 @@ impl Updater {
             p.bytes_done = 0;
             p.bytes_total = total;
         });
-        let f = dev.open_write().map_err(|e| failed(e.to_string()))?;
-        let mut payload = bundle.payload();
-        let mut buf = vec![0u8; CHUNK];
-        let mut off = 0u64;
-        loop {
-            let n = match fill(&mut payload, &mut buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    let why = match payload.finish() {
-                        Err(be) => be.to_string(),
-                        Ok(_) => e.to_string(),
-                    };
-                    return Err(err(
-                        ErrorKind::BadBundle,
-                        format!("bundle refused while writing slot {target}: {why}"),
-                    ));
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            f.write_all_at(&buf[..n], off).map_err(|e| {
-                failed(format!(
-                    "writing slot {target} ({}): {e}",
-                    dev.path.display()
-                ))
-            })?;
-            off += n as u64;
-            self.set_progress(|p| p.bytes_done = off);
+        /// Progress and the read-back hook of one install's write path.
+        struct InstallEvents<'a> {
+            upd: &'a Updater,
+            hook: Option<&'a ReadBackHook>,
+            path: &'a Path,
+            total: u64,
+            read_back: AtomicU64,
         }
-        drop(buf);
+
+        impl StreamEvents for InstallEvents<'_> {
+            fn written(&self, done: u64) {
+                let checked = self.read_back.load(Ordering::SeqCst);
+                self.upd.set_progress(|p| {
+                    if done < self.total {
+                        p.bytes_done = done;
+                    } else {
+                        p.phase = UpdatePhase::ReadBack;
+                        p.bytes_done = checked;
+                    }
+                });
+            }
+
+            fn before_read_back(&self, _off: u64, _len: usize) {
+                if let Some(hook) = self.hook {
+                    hook(self.path);
+                }
+            }
+
+            fn read_back(&self, done: u64) {
+                self.read_back.store(done, Ordering::SeqCst);
+                self.upd.set_progress(|p| {
+                    if p.phase == UpdatePhase::ReadBack {
+                        p.bytes_done = p.bytes_done.max(done);
+                    }
+                });
+            }
+        }
+
+        // Receive+hash, write and read back+hash run as a pipeline (slot.rs says
+        // why); the read-back phase is what is left once the last byte is written.
+        let mut payload = bundle.payload();
+        let events = InstallEvents {
+            upd: self,
+            hook: self.cfg.before_read_back.as_ref(),
+            path: &dev.path,
+            total,
+            read_back: AtomicU64::new(0),
+        };
+        let started = Instant::now();
+        let streamed = write_and_read_back(dev, &mut payload, &events);
+        let (written, digest) = match streamed {
+            Ok(r) => r,
+            Err(StreamError::Source(e)) => {
+                let why = match payload.finish() {
+                    Err(be) => be.to_string(),
+                    Ok(_) => e.to_string(),
+                };
+                return Err(err(
+                    ErrorKind::BadBundle,
+                    format!("bundle refused while writing slot {target}: {why}"),
+                ));
+            }
+            Err(StreamError::Slot(e)) => {
+                return Err(failed(format!("slot {target}: {e}")));
+            }
+        };
+        tracing::info!(
+            "slot {target}: {written} bytes written and read back in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         // Nothing counts as written until the payload reader says it was the signed one.
         let verified = payload
             .finish()
             .map_err(|e| err(ErrorKind::BadBundle, format!("bundle refused: {e}")))?;
-        f.sync_all()
-            .map_err(|e| failed(format!("syncing slot {target}: {e}")))?;
-        dev.drop_cache(&f)
-            .map_err(|e| failed(format!("dropping the cache of slot {target}: {e}")))?;
-        drop(f);
-
-        // Read back what is on the disk.
-        self.set_progress(|p| {
-            p.phase = UpdatePhase::ReadBack;
-            p.bytes_done = 0;
-            p.bytes_total = total;
-        });
-        if let Some(hook) = &self.cfg.before_read_back {
-            hook(&dev.path);
-        }
-        let digest = dev
-            .read_back(verified.size(), |d| self.set_progress(|p| p.bytes_done = d))
-            .map_err(|e| failed(e.to_string()))?;
         let on_disk = keel_bundle::Sha256Digest(digest);
-        if on_disk != verified.sha256() {
+        if written != verified.size() || on_disk != verified.sha256() {
             return Err(failed(format!(
-                "read-back of slot {target} differs from the bundle (sha256 {on_disk} on the \
-                 disk, {} signed): the slot was not armed",
-                verified.sha256()
+                "read-back of slot {target} differs from the bundle (sha256 {on_disk} of \
+                 {written} bytes on the disk, {} of {} signed): the slot was not armed",
+                verified.sha256(),
+                verified.size()
             )));
         }
 
@@ -1113,16 +1200,6 @@ async fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn version_from_os_release() {
-        let v = |t: &str| os_release_version(t);
-        assert_eq!(v("NAME=Keel\nVERSION_ID=0.1.0\n").as_deref(), Some("0.1.0"));
-        assert_eq!(v("VERSION_ID=\"0.2.3\"\n").as_deref(), Some("0.2.3"));
-        assert_eq!(v("VERSION_ID='1.0.0'").as_deref(), Some("1.0.0"));
-        assert_eq!(v("VERSION_ID=\n"), None);
-        assert_eq!(v("NAME=Keel\n"), None);
-    }
 
     #[test]
     fn slot_paths_from_the_template() {

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use keel_api::UpdateOutcome;
+use keel_api::{ChainStatus, UpdateOutcome};
+use keel_core::format::FileFormat;
 use keel_core::StoreError;
 use serde::{Deserialize, Serialize};
 
-/// The format this build writes; a file with another one is set aside, not guessed at.
-pub const STATE_FORMAT: u32 = 1;
+/// `state.json`, format 1 (keel-core `format`): a file this build cannot read is
+/// set aside for a fresh state, not guessed at.
+pub const STATE_FILE: FileFormat = FileFormat::first("update state");
 
 /// What a slot holds, as far as keel-update knows.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,9 +58,8 @@ pub struct PendingTrial {
     pub boot_id: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UpdateState {
-    pub format: u32,
     /// `a` and `b`.
     #[serde(default)]
     pub slots: BTreeMap<String, SlotRecord>,
@@ -66,17 +67,10 @@ pub struct UpdateState {
     pub pending: Option<PendingTrial>,
     #[serde(default)]
     pub last_outcome: Option<UpdateOutcome>,
-}
-
-impl Default for UpdateState {
-    fn default() -> Self {
-        Self {
-            format: STATE_FORMAT,
-            slots: BTreeMap::new(),
-            pending: None,
-            last_outcome: None,
-        }
-    }
+    /// *Install all in order*: the chain, continued after each healthy boot.
+    /// Older builds ignore the field (the format stays 1).
+    #[serde(default)]
+    pub chain: Option<ChainStatus>,
 }
 
 impl UpdateState {
@@ -96,41 +90,24 @@ impl UpdateState {
             .flatten()
     }
 
-    /// Loads the file; missing is a fresh state. An unreadable file or another
-    /// format is logged and replaced by a fresh state (it only describes slots,
+    /// Loads the file; missing is a fresh state. An unreadable file or a format
+    /// this build cannot read is logged and replaced by a fresh state (it only describes slots,
     /// which a fresh state treats as unknown: nothing is rolled back to blindly).
     pub fn load(path: &Path) -> UpdateState {
-        match keel_core::store::read_json::<serde_json::Value>(path) {
-            Ok(None) => UpdateState::default(),
-            Ok(Some(v)) => {
-                let format = v.get("format").and_then(|f| f.as_u64());
-                if format != Some(u64::from(STATE_FORMAT)) {
-                    tracing::error!(
-                        "{}: format {format:?}, this build reads {STATE_FORMAT}: starting afresh",
-                        path.display()
-                    );
-                    return UpdateState::default();
-                }
-                match serde_json::from_value(v) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!("{}: {e}: starting afresh", path.display());
-                        UpdateState::default()
-                    }
-                }
-            }
-            Err(e) => {
+        STATE_FILE
+            .read(path)
+            .unwrap_or_else(|e| {
                 tracing::error!("{e}: starting afresh");
-                UpdateState::default()
-            }
-        }
+                None
+            })
+            .unwrap_or_default()
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
         if let Some(dir) = path.parent() {
             keel_core::store::ensure_dir(dir, 0o700)?;
         }
-        keel_core::store::write_json(path, self, 0o600)
+        STATE_FILE.write(path, self, 0o600)
     }
 }
 

@@ -250,6 +250,22 @@ async fn clock_gate_refuses_skewed_and_unreachable_and_allows_ok() {
         u.status().progress.error.as_deref(),
         Some(e.message.as_str())
     );
+    // The online check and the download key consult the same gate (a feed's and a
+    // download key's validity are judged by this clock): refused before anything
+    // else, no identity key made.
+    let e = u.check().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Refused);
+    assert!(
+        e.message
+            .contains("check for updates refused by the clock gate"),
+        "{e}"
+    );
+    let e = u.download_key().await.unwrap_err();
+    assert!(
+        e.message.contains("download key refused by the clock gate"),
+        "{e}"
+    );
+    assert!(!rig.cfg.identity_file().exists());
 
     // keel-timed not running: refused too, saying so.
     rig.cfg.timed_socket = Some(rig.path("nothing/api.sock"));

@@ -396,6 +396,99 @@ async fn read_back_mismatch_is_an_error_and_not_armed() {
     .await;
 }
 
+/// The hook runs before each written range is read back, so a byte the "disk"
+/// returns wrong is caught wherever it is: in a later 4 MiB range, or the very
+/// last byte (the unaligned tail, written without O_DIRECT).
+#[tokio::test]
+async fn read_back_catches_a_changed_byte_in_a_later_range_and_at_the_end() {
+    use keel_update::slot::CHUNK;
+    let data = payload(BIG, 13);
+    for (name, off) in [("later range", CHUNK + 777), ("last byte", BIG - 1)] {
+        let mut rig = Rig::new();
+        // Not the payload's byte there; written again at every call (the writer may
+        // not have reached that range yet, and would overwrite it).
+        let bad = !data[off];
+        rig.cfg.before_read_back = Some(Arc::new(move |path: &std::path::Path| {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.write_all_at(&[bad], off as u64).unwrap();
+        }));
+        let bytes = rig.bundle("0.2.0", &data);
+        refused(
+            &rig,
+            Case {
+                name,
+                bytes,
+                expect: "read-back of slot b differs from the bundle",
+                kind: ErrorKind::Failed,
+                wrote: true,
+            },
+        )
+        .await;
+    }
+}
+
+/// Payload sizes around the write path's edges: shorter than one block, one
+/// block, one whole buffer, one block past it. Each lands exactly, the rest of
+/// the slot as it was, and the trial is armed.
+#[tokio::test]
+async fn short_and_aligned_payloads_land_exactly() {
+    use keel_update::slot::{ALIGN, CHUNK};
+    for len in [1, ALIGN - 1, ALIGN, CHUNK, CHUNK + ALIGN] {
+        let rig = Rig::new();
+        let before = vec![0x5Au8; SLOT_SIZE as usize];
+        std::fs::write(rig.path("slots/root-b"), &before).unwrap();
+        let data = payload(len, 14);
+        let u = rig.start();
+        let a = install(&u, rig.bundle("0.2.0", &data)).await.unwrap();
+        assert_eq!(a.slot, "b", "{len} bytes");
+        let b = rig.slot("b");
+        assert_eq!(b.len(), before.len(), "{len} bytes: the slot changed size");
+        assert!(
+            b[..len] == data[..],
+            "{len} bytes: slot b does not hold the payload"
+        );
+        assert!(
+            b[len..] == before[len..],
+            "{len} bytes: written past the payload"
+        );
+        let p = u.status().progress;
+        assert_eq!(p.phase, UpdatePhase::RebootPending, "{len} bytes");
+        assert_eq!((p.bytes_done, p.bytes_total), (len as u64, len as u64));
+    }
+}
+
+/// A slot whose size is a multiple of neither the 4 MiB buffer nor the 4 KiB
+/// block, filled to its last byte: the direct read-back of the tail ends at the
+/// end of the device and still gets every byte.
+#[tokio::test]
+async fn a_payload_filling_an_odd_sized_slot_to_its_last_byte() {
+    use keel_update::slot::CHUNK;
+    let rig = Rig::new();
+    let size = CHUNK + 3 * 4096 + 513;
+    std::fs::write(rig.path("slots/root-b"), vec![0u8; size]).unwrap();
+    let data = payload(size, 15);
+    let u = rig.start();
+    let a = install(&u, rig.bundle("0.2.0", &data)).await.unwrap();
+    assert_eq!(a.slot, "b");
+    assert!(rig.slot("b") == data, "slot b does not hold the payload");
+    // One byte more does not fit.
+    let rig = Rig::new();
+    std::fs::write(rig.path("slots/root-b"), vec![0u8; size]).unwrap();
+    let bytes = rig.bundle("0.2.0", &payload(size + 1, 15));
+    refused(
+        &rig,
+        Case {
+            name: "one byte over an odd-sized slot",
+            bytes,
+            expect: "does not fit the target slot",
+            kind: ErrorKind::Refused,
+            wrote: false,
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn refused_while_the_running_slot_is_on_trial() {
     let rig = Rig::new();

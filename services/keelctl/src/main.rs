@@ -88,7 +88,8 @@ enum Command {
     Time(time::TimeArgs),
     /// Network: addresses, gateways, routes, DNS, hostname, NTP list (commit-confirm).
     Net(net::NetArgs),
-    /// Updates: status, install a bundle file, roll back to the previous version.
+    /// Updates: status, install a bundle file, roll back; online settings, check,
+    /// install from the feed, install all in order, the download key.
     Update(update::UpdateArgs),
     /// Carry out power requests dropped by the console (run as root by a path unit).
     ApplyRequests {

@@ -94,7 +94,7 @@ fn parse_choice(text: &str) -> Option<Item> {
 fn render_menu(tty: &str) -> String {
     let mut out = format!(
         "\nKeel {} local menu on {tty}: type a number and press Enter.\n",
-        env!("CARGO_PKG_VERSION")
+        keel_core::release::running_version()
     );
     for (n, (_, label)) in ITEMS.iter().enumerate() {
         out.push_str(&format!("  {}  {label}\n", n + 1));

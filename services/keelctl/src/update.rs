@@ -1,5 +1,6 @@
 //! `keelctl update ...`: status, install a bundle file (streamed to keel-update's
-//! socket, never loaded whole), roll back to the previous version.
+//! socket, never loaded whole), roll back to the previous version; online:
+//! settings, check, install-online, install-all, download-key.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -10,7 +11,9 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use keel_api::{
-    InstallAnswer, OutcomeKind, RollbackRequest, UpdatePhase, UpdateStatus, ROLLBACK_CONFIRMATION,
+    AvailableState, AvailableUpdates, ChainState, ChainStatus, DownloadKeyAnswer, InstallAnswer,
+    InstallOnlineRequest, OutcomeKind, RollbackRequest, UpdatePhase, UpdateSettings,
+    UpdateSettingsRequest, UpdateStatus, ROLLBACK_CONFIRMATION,
 };
 use keel_core::local_api::Client;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -49,6 +52,128 @@ pub enum UpdateCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Show the online settings; with options, change them (the others are kept).
+    Settings {
+        /// The signed feed, https://... ("" clears it).
+        #[arg(long)]
+        feed: Option<String>,
+        /// HTTP(S) proxy, e.g. http://proxy:3128 ("" clears it).
+        #[arg(long)]
+        proxy: Option<String>,
+        /// Proxy user for basic auth ("" clears it).
+        #[arg(long)]
+        proxy_user: Option<String>,
+        /// Read the proxy password from the environment variable KEEL_PROXY_PASSWORD
+        /// (never from the command line, where other users could see it).
+        #[arg(long)]
+        proxy_password_from_env: bool,
+        /// Remove the stored proxy password.
+        #[arg(long, conflicts_with = "proxy_password_from_env")]
+        clear_proxy_password: bool,
+        /// A PEM file with an extra CA certificate to trust for the feed server.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+        /// Remove the extra CA certificate.
+        #[arg(long, conflicts_with = "ca_cert")]
+        clear_ca_cert: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check for updates: fetch and verify the feed, show what fits and the plan.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download and install a version listed in the feed.
+    InstallOnline {
+        version: String,
+        /// Reboot into it once written, verified and armed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Install every step to the newest version in order, one reboot per step.
+    InstallAll {
+        /// Confirms the reboots.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Make the signed download key (for an appliance without internet access).
+    DownloadKey {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn render_available(a: &AvailableUpdates) -> String {
+    let mut out = format!(
+        "feed:      {} (created {}, expires {})\nrunning:   {}\n",
+        a.feed_url, a.feed_created, a.feed_expires, a.installed
+    );
+    if a.entries.is_empty() {
+        out.push_str("the feed lists no bundles\n");
+    }
+    for e in &a.entries {
+        let state = match e.state {
+            AvailableState::Installable => "installable".to_string(),
+            AvailableState::Installed => "installed".to_string(),
+            _ => format!(
+                "not installable: {}",
+                e.reason.as_deref().unwrap_or("no reason given")
+            ),
+        };
+        out.push_str(&format!(
+            "  {} {:<10} {}  ({} bytes)\n",
+            e.component, e.version, state, e.size
+        ));
+    }
+    if a.plan.is_empty() {
+        out.push_str("plan:      up to date\n");
+    } else {
+        out.push_str(&format!(
+            "plan:      {} (keelctl update install-all)\n",
+            a.plan.join(" → ")
+        ));
+    }
+    out
+}
+
+fn render_chain(c: &ChainStatus) -> String {
+    let state = match c.state {
+        ChainState::Running => "running",
+        ChainState::Done => "done",
+        ChainState::Failed => "stopped",
+    };
+    let mut out = format!(
+        "install all: {state}, {} of {} steps ({})",
+        c.done,
+        c.steps.len(),
+        c.steps.join(" → ")
+    );
+    if let Some(m) = &c.message {
+        out.push_str(&format!("\n             {m}"));
+    }
+    out.push('\n');
+    out
+}
+
+fn render_settings(s: &UpdateSettings) -> String {
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    format!(
+        "feed:      {}\nproxy:     {}\nuser:      {}\npassword:  {}\nextra CA:  {}\n",
+        or_none(&s.feed_url),
+        or_none(&s.proxy_url),
+        or_none(&s.proxy_user),
+        if s.proxy_password_set {
+            "set"
+        } else {
+            "(none)"
+        },
+        if s.ca_certificate.is_some() {
+            "set"
+        } else {
+            "(none)"
+        },
+    )
 }
 
 fn phase(p: UpdatePhase) -> &'static str {
@@ -96,6 +221,9 @@ pub fn render_status(s: &UpdateStatus) -> String {
     out.push('\n');
     if let Some(e) = &p.error {
         out.push_str(&format!("error:     {e}\n"));
+    }
+    if let Some(c) = &s.chain {
+        out.push_str(&render_chain(c));
     }
     if let Some(o) = &s.last_outcome {
         let kind = match o.kind {
@@ -247,6 +375,112 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
                 .await?;
             println!("rolling back to {} (slot {}); rebooting", a.version, a.slot);
         }
+        UpdateCommand::Settings {
+            feed,
+            proxy,
+            proxy_user,
+            proxy_password_from_env,
+            clear_proxy_password,
+            ca_cert,
+            clear_ca_cert,
+            json,
+        } => {
+            let cur: UpdateSettings = update.call::<(), _>("GET", "/settings", None).await?;
+            let change = feed.is_some()
+                || proxy.is_some()
+                || proxy_user.is_some()
+                || proxy_password_from_env
+                || clear_proxy_password
+                || ca_cert.is_some()
+                || clear_ca_cert;
+            let s = if change {
+                let proxy_password = if proxy_password_from_env {
+                    Some(
+                        std::env::var("KEEL_PROXY_PASSWORD")
+                            .context("--proxy-password-from-env: KEEL_PROXY_PASSWORD is not set")?,
+                    )
+                } else if clear_proxy_password {
+                    Some(String::new())
+                } else {
+                    None
+                };
+                let ca_certificate = match (&ca_cert, clear_ca_cert) {
+                    (Some(p), _) => Some(
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    ),
+                    (None, true) => None,
+                    (None, false) => cur.ca_certificate.clone(),
+                };
+                let req = UpdateSettingsRequest {
+                    feed_url: feed.or(cur.feed_url),
+                    proxy_url: proxy.or(cur.proxy_url),
+                    proxy_user: proxy_user.or(cur.proxy_user),
+                    proxy_password,
+                    ca_certificate,
+                };
+                update.call("PUT", "/settings", Some(&req)).await?
+            } else {
+                cur
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", render_settings(&s));
+            }
+        }
+        UpdateCommand::Check { json } => {
+            let a: AvailableUpdates = update.call::<(), _>("POST", "/check", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                print!("{}", render_available(&a));
+            }
+        }
+        UpdateCommand::InstallOnline { version, reboot } => {
+            let a: InstallAnswer = update
+                .call(
+                    "POST",
+                    "/install-online",
+                    Some(&InstallOnlineRequest { version, reboot }),
+                )
+                .await?;
+            println!(
+                "installed {} into slot {}; {}",
+                a.version,
+                a.slot,
+                if a.rebooting {
+                    "rebooting into it now"
+                } else {
+                    "the next boot tries it (keelctl reboot)"
+                }
+            );
+        }
+        UpdateCommand::InstallAll { yes } => {
+            if !yes {
+                bail!(
+                    "install all reboots once per step, continuing after each healthy boot; \
+                     run again with --yes to confirm"
+                );
+            }
+            let c: ChainStatus = update.call::<(), _>("POST", "/install-all", None).await?;
+            print!("{}", render_chain(&c));
+            println!("rebooting into the first step now");
+        }
+        UpdateCommand::DownloadKey { json } => {
+            let k: DownloadKeyAnswer = update.call::<(), _>("POST", "/download-key", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&k)?);
+            } else {
+                eprintln!(
+                    "appliance {} ({}), valid until {}: give this block to the vendor",
+                    k.appliance_id,
+                    k.installed.join(", "),
+                    k.expires
+                );
+                print!("{}", k.text);
+            }
+        }
     }
     Ok(())
 }
@@ -284,8 +518,20 @@ mod tests {
                 at: "2026-12-01T09:00:00Z".into(),
             }),
             rollback_to: None,
+            chain: Some(ChainStatus {
+                steps: vec!["0.2.0".into(), "0.3.0".into()],
+                done: 1,
+                current: Some("0.3.0".into()),
+                state: ChainState::Failed,
+                message: Some("install all stopped at 0.3.0: download broke off".into()),
+                started_at: "2026-12-01T09:00:00Z".into(),
+            }),
         };
         let t = render_status(&s);
+        assert!(
+            t.contains("install all: stopped, 1 of 2 steps (0.2.0 → 0.3.0)\n             install all stopped at 0.3.0"),
+            "{t}"
+        );
         assert!(
             t.starts_with("running:   slot a 0.1.0 (good)\nother:     slot b (no known version)\n"),
             "{t}"
@@ -299,6 +545,39 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("rollback:  no previous version\n"), "{t}");
+    }
+
+    #[test]
+    fn available_text() {
+        let a = AvailableUpdates {
+            checked_at: "t".into(),
+            feed_url: "https://u.example/feed".into(),
+            feed_created: "c".into(),
+            feed_expires: "e".into(),
+            installed: "0.1.0".into(),
+            entries: vec![keel_api::AvailableEntry {
+                file: "keel-0.3.0.kbundle".into(),
+                component: "base".into(),
+                version: "0.3.0".into(),
+                size: 10,
+                sha256: "00".into(),
+                state: AvailableState::NeedsFirst,
+                reason: Some("needs base 0.2.0 first".into()),
+                steps: vec!["0.2.0".into()],
+            }],
+            plan: vec!["0.2.0".into(), "0.3.0".into()],
+        };
+        let t = render_available(&a);
+        assert!(
+            t.contains("base 0.3.0      not installable: needs base 0.2.0 first"),
+            "{t}"
+        );
+        assert!(t.contains("plan:      0.2.0 → 0.3.0"), "{t}");
+        let s = render_settings(&UpdateSettings {
+            proxy_password_set: true,
+            ..Default::default()
+        });
+        assert!(s.contains("password:  set\n"), "{s}");
     }
 
     #[tokio::test]

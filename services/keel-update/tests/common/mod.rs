@@ -125,7 +125,7 @@ impl Rig {
         .unwrap();
         std::fs::write(
             &self.cfg.os_release,
-            format!("NAME=Keel\nVERSION_ID={version}\nPRETTY_NAME=\"Keel {version}\"\n"),
+            format!("NAME=Keel\nID=keel\nVERSION_ID={version}\nPRETTY_NAME=\"Keel {version}\"\n"),
         )
         .unwrap();
         std::fs::write(&self.cfg.boot_id_file, format!("{boot_id}\n")).unwrap();

@@ -1,0 +1,9 @@
+//! keel-failover: a primary/backup pair of appliances sharing service addresses.
+//! See README.md for the wire format, the takeover rule and why it cannot split.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod kernel;
+pub mod raw;
+pub mod wire;
