@@ -89,8 +89,9 @@ fn json_err(path: &Path) -> impl FnOnce(serde_json::Error) -> StoreError + '_ {
     }
 }
 
-/// The object and its format (1 when the file does not say).
-fn parse(path: &Path, bytes: &[u8]) -> Result<(Map<String, Value>, u32), StoreError> {
+/// The object and its format (1 when the file does not say), for a reader that
+/// deserializes the object itself (e.g. to name a bad field).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Map<String, Value>, u32), StoreError> {
     let mut obj = match serde_json::from_slice::<Value>(bytes).map_err(json_err(path))? {
         Value::Object(o) => o,
         _ => return Err(bad(path, "not a JSON object")),

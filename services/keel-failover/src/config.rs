@@ -55,6 +55,10 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `config.json`, format 1 (keel-core `format`; the key may be absent).
+pub const CONFIG_FILE: keel_core::format::FileFormat =
+    keel_core::format::FileFormat::first("failover settings");
+
 /// One node's half of the pair. Both nodes share `shared_addresses`, `psk_file`
 /// contents, `interval_ms` and `window_ms`; `local`/`peer` are mirror images.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -124,19 +128,31 @@ impl Config {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            ConfigError::Parse {
-                path: PathBuf::new(),
-                field: if field == "." {
-                    "(top level)".into()
-                } else {
-                    field
-                },
-                message: e.into_inner().to_string(),
-            }
+        let parse_error = |field: &str, message: String| ConfigError::Parse {
+            path: PathBuf::new(),
+            field: field.into(),
+            message,
+        };
+        let (object, format) = keel_core::format::parse(Path::new(""), bytes).map_err(|e| {
+            parse_error("(top level)", e.to_string().trim_start_matches(": ").into())
         })?;
+        if format != CONFIG_FILE.current {
+            return Err(parse_error(
+                keel_core::format::KEY,
+                format!(
+                    "format {format}; this version reads format {}",
+                    CONFIG_FILE.current
+                ),
+            ));
+        }
+        let config: Config = serde_path_to_error::deserialize(serde_json::Value::Object(object))
+            .map_err(|e| {
+                let field = e.path().to_string();
+                parse_error(
+                    if field == "." { "(top level)" } else { &field },
+                    e.into_inner().to_string(),
+                )
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -298,6 +314,26 @@ mod tests {
         assert!(c.auto_takeover);
         assert_eq!(c.initial_role, FailoverRole::Backup);
         assert_eq!(c.check_address, None);
+    }
+
+    #[test]
+    fn the_file_may_carry_its_format_and_a_newer_one_is_refused() {
+        let mut v = base();
+        v["format"] = serde_json::json!(1);
+        assert_eq!(parse(&v).unwrap(), parse(&base()).unwrap());
+        v["format"] = serde_json::json!(2);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("format: format 2; this version reads format 1"),
+            "{e}"
+        );
+        let e = Config::parse(b"[1]").unwrap_err().to_string();
+        assert!(
+            e.contains("(top level): ") && e.contains("not a JSON object"),
+            "{e}"
+        );
+        let e = Config::parse(b"{").unwrap_err().to_string();
+        assert!(e.contains("(top level): not valid JSON"), "{e}");
     }
 
     #[test]

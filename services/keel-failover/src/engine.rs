@@ -42,6 +42,10 @@ pub enum EngineError {
     Random,
 }
 
+/// `state.json`, format 1 (keel-core `format`).
+pub const STATE_FILE: keel_core::format::FileFormat =
+    keel_core::format::FileFormat::first("failover state");
+
 /// What survives a restart, in `<data-dir>/state.json`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Persisted {
@@ -126,8 +130,9 @@ impl Engine {
     pub async fn start(cfg: Config, psk: &[u8], data_dir: &Path) -> Result<Self, EngineError> {
         keel_core::store::ensure_dir(data_dir, 0o700)?;
         let state_file = state_path(data_dir);
-        let persisted =
-            keel_core::store::read_json::<Persisted>(&state_file)?.unwrap_or(Persisted {
+        let persisted = STATE_FILE
+            .read::<Persisted>(&state_file)?
+            .unwrap_or(Persisted {
                 term: 0,
                 role: cfg.initial_role,
             });
@@ -326,7 +331,7 @@ impl Engine {
     }
 
     fn persist(&self, term: u64, role: FailoverRole) -> Result<(), keel_core::StoreError> {
-        keel_core::store::write_json(&self.state_file, &Persisted { term, role }, 0o600)
+        STATE_FILE.write(&self.state_file, &Persisted { term, role }, 0o600)
     }
 
     async fn send_heartbeat(&mut self) {
