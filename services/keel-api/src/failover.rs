@@ -1,6 +1,7 @@
-//! Failover pair (keel-failover): the engine's local API (`GET /status`,
-//! `POST /become-primary`, `POST /auto-takeover`), later the console's *Failover*
-//! page and `keelctl failover`.
+//! Failover pair (keel-failover): the local API (`GET /status`, `GET|PUT /psk`,
+//! `POST /psk/generate`, `POST /establish`, `POST /sync`, `POST /become-primary`,
+//! `POST /break`, `POST /auto-takeover`), used by the console's *Failover* page and
+//! `keelctl failover`.
 
 use serde::{Deserialize, Serialize};
 
@@ -77,4 +78,69 @@ pub struct FailoverStatus {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AutoTakeoverRequest {
     pub enabled: bool,
+}
+
+/// The other node of an established pair, as this node pinned it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailoverPeer {
+    pub node_id: String,
+    /// The peer's pairing endpoint (`ip:port`, TLS), where this node reaches it.
+    pub address: String,
+    /// Product version the peer reported when the relationship was made.
+    pub version: String,
+    /// SHA-256 of the peer's pairing certificate (hex, lowercase), pinned at *establish*.
+    pub fingerprint: String,
+}
+
+/// Outcome of the last sync this node sent (primary) or applied (backup).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncReport {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `sent` on the primary, `received` on the backup.
+    pub direction: String,
+    pub ok: bool,
+    /// What the sync held, one line per item, e.g. `console users`,
+    /// `certificate 3f2a… for 10.0.0.100`, `update settings`, `shared data: 12 files`.
+    pub items: Vec<String>,
+    /// Why it failed (nothing of it was applied); `None` when `ok`.
+    pub error: Option<String>,
+}
+
+/// Answer of `GET /status` on a node in any state: unpaired nodes carry no
+/// `engine`, paired ones carry the takeover engine's view.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailoverOverview {
+    /// This node's own pairing endpoint port (TLS).
+    pub pair_port: u16,
+    /// SHA-256 of this node's pairing certificate (hex), for the admin to compare.
+    pub fingerprint: String,
+    /// `None` until a relationship exists.
+    pub peer: Option<FailoverPeer>,
+    pub engine: Option<FailoverStatus>,
+    pub last_sync: Option<SyncReport>,
+}
+
+/// Body of `POST /establish`, given on the node that becomes primary (A).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EstablishRequest {
+    /// B's pairing endpoint as A reaches it: `ip:port` or `[v6]:port`; port optional
+    /// (default 7947).
+    pub peer: String,
+    /// A's pairing endpoint as B reaches it back.
+    pub reverse: String,
+    /// The shared addresses (CIDR) the pair serves; the console fills them from the
+    /// addresses netd marks *shared*.
+    pub shared_addresses: Vec<String>,
+    /// A's interface that carries them (B picks its own interface on the same subnet).
+    pub interface: String,
+}
+
+/// Body of `PUT /psk`: the inter-appliance key, base64 (standard alphabet), at least
+/// 32 bytes decoded. Answer of `GET /psk` (administrators only in the console).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PskBody {
+    pub psk: String,
 }

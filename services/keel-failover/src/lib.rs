@@ -6,4 +6,5 @@ pub mod config;
 pub mod engine;
 pub mod kernel;
 pub mod raw;
+pub mod sync;
 pub mod wire;
