@@ -11,8 +11,14 @@ all: image
 deps:
 	scripts/deps.sh
 
+# The binaries of the image. One list: the QEMU tests rebuild a variant with the
+# same set (KEEL_BUILD_PACKAGES), so cargo's feature unification stays the same and
+# only the changed crate is recompiled.
+PACKAGES := keel-console keelctl keel-reset keel-timed keel-netd keel-boot keel-bundle keel-update keel-failover
+export KEEL_BUILD_PACKAGES := $(PACKAGES)
+
 build: deps
-	$(CARGO) build --release --locked -p keel-console -p keelctl -p keel-reset -p keel-timed -p keel-netd -p keel-boot -p keel-bundle -p keel-update -p keel-failover
+	$(CARGO) build --release --locked $(addprefix -p ,$(PACKAGES))
 
 image: build
 	image/build.sh

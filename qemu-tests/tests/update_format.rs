@@ -28,10 +28,14 @@ fn netd_format_next(dir: &Path) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
+    // The Makefile's package set: the same feature unification as `make build`, so
+    // only keel-netd is rebuilt (alone, its dependencies would be recompiled).
+    let packages = std::env::var("KEEL_BUILD_PACKAGES").unwrap_or_else(|_| "keel-netd".into());
     let build = |features: &[&str]| {
         let status = Command::new(&cargo)
             .current_dir(workspace_root())
-            .args(["build", "--release", "--locked", "-p", "keel-netd"])
+            .args(["build", "--release", "--locked"])
+            .args(packages.split_whitespace().flat_map(|p| ["-p", p]))
             .args(features)
             .status()
             .expect("cargo runs");
@@ -40,7 +44,7 @@ fn netd_format_next(dir: &Path) -> PathBuf {
             "cargo build keel-netd {features:?}: {status}"
         );
     };
-    build(&["--features", "format-next"]);
+    build(&["--features", "keel-netd/format-next"]);
     let out = dir.join("keel-netd");
     std::fs::copy(target.join("release/keel-netd"), &out).unwrap();
     build(&[]);
