@@ -85,6 +85,7 @@ packages=(
   linux-image-amd64 initramfs-tools zstd
   e2fsprogs fdisk iproute2 ca-certificates
   grub-common # grub-editenv only: marks the booted slot good (see the filters below)
+  squashfs-tools # unsquashfs -cat: keel-update reads an app image's extension-release
 )
 
 # Kernel module trees an appliance never uses. image/required-modules.txt guards what

@@ -19,6 +19,11 @@ compgen -G "$keys_dir/*.pub" >/dev/null || { echo "no update key (*.pub) in $key
 install -d -m 0755 "$root/usr/share/keel/update-keys"
 install -m 0644 "$keys_dir"/*.pub "$root/usr/share/keel/update-keys/"
 
+# SYSEXT_LEVEL: the interface app bundles (systemd-sysext images) are built
+# against. systemd-sysext merges an image whose extension-release says ID=keel and
+# this level on every base version of the level; without it, only on the exact
+# VERSION_ID. Raise it when the base drops something apps may rely on.
+sysext_level=1
 cat >"$root/usr/lib/os-release" <<OS
 PRETTY_NAME="Keel $version"
 NAME="Keel"
@@ -27,6 +32,7 @@ ID_LIKE=debian
 VERSION="$version"
 VERSION_ID=$version
 VERSION_CODENAME=bookworm
+SYSEXT_LEVEL=$sysext_level
 OS
 ln -sfn ../usr/lib/os-release "$root/etc/os-release"
 echo keel >"$root/etc/hostname"
@@ -67,6 +73,24 @@ mkdir -p "$root/data" "$root/boot/efi"
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
 ln -sfn /run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+
+# --- app bundles (systemd-sysext) --------------------------------------------------
+# keel-update keeps verified app images in /data/apps (tmpfiles: keel-update.conf)
+# and hard-links the active one into /data/apps/extensions, which systemd-sysext
+# searches as /etc/extensions: merged at every boot (after local-fs.target, so
+# /data is mounted) and re-merged by keel-update with a restart of the unit.
+ln -sfn /data/apps/extensions "$root/etc/extensions"
+# Loop devices carry the images; kmod-static-nodes is masked, so /dev/loop-control
+# exists only once the module is loaded.
+install -d -m 0755 "$root/etc/systemd/system/systemd-sysext.service.d"
+cat >"$root/etc/systemd/system/systemd-sysext.service.d/keel.conf" <<'UNIT'
+# Keel: app images are loop-mounted; /data holds them.
+[Unit]
+Wants=modprobe@loop.service
+After=modprobe@loop.service
+RequiresMountsFor=/data
+UNIT
+chroot "$root" systemctl enable --quiet systemd-sysext.service
 
 # --- kernel and initrd -------------------------------------------------------------
 # image/initramfs/ was in place before the kernel package came (essential hook), so

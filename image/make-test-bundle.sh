@@ -3,6 +3,7 @@
 # full image build (the QEMU update tests use it):
 #
 #   image/make-test-bundle.sh VERSION OUT [--unhealthy] [--binary FILE]...
+#   image/make-test-bundle.sh VERSION OUT --app NAME [--requires REQ]...
 #
 # Unpacks build/root.squashfs (as root, ownership kept), sets VERSION, VERSION_ID
 # and PRETTY_NAME in usr/lib/os-release (and usr/share/keel/version), packs it with
@@ -14,12 +15,22 @@
 # /usr/bin/<its name> (e.g. a keel-netd built with the format-next feature, for the
 # test of an update and a rollback across a data format change).
 #
+# --app NAME makes an app bundle instead (needs neither root nor a built slot): a
+# tiny systemd-sysext squashfs holding
+# usr/lib/extension-release.d/extension-release.NAME (ID=keel, SYSEXT_LEVEL=1, the
+# level image/customize.sh gives the base) and usr/share/keel-app-NAME/hello.txt
+# ("hello from NAME VERSION"), kind app, each --requires as given (e.g.
+# 'base >= 0.1.3').
+#
 # Environment: KEEL_BIN_DIR, KEEL_BUILD_DIR as for image/build.sh.
 set -euo pipefail
-usage() { echo "usage: $0 VERSION OUT [--unhealthy] [--binary FILE]..." >&2; exit 2; }
+usage() {
+  echo "usage: $0 VERSION OUT [--unhealthy] [--binary FILE]... | --app NAME [--requires REQ]..." >&2
+  exit 2
+}
 (($# >= 2)) || usage
-version=$1 dest=$2 unhealthy=
-binaries=()
+version=$1 dest=$2 unhealthy= app=
+binaries=() requires=()
 shift 2
 while (($#)); do
   case $1 in
@@ -28,6 +39,15 @@ while (($#)); do
       (($# >= 2)) || usage
       [[ -x $2 && -f $2 ]] || { echo "--binary $2: not an executable file" >&2; exit 2; }
       binaries+=("$(realpath "$2")")
+      shift ;;
+    --app)
+      (($# >= 2)) || usage
+      [[ $2 =~ ^[a-z][a-z0-9-]{0,62}$ ]] || { echo "--app $2: lowercase letters, digits, -" >&2; exit 2; }
+      app=$2
+      shift ;;
+    --requires)
+      (($# >= 2)) || usage
+      requires+=(--requires "$2")
       shift ;;
     *) usage ;;
   esac
@@ -43,6 +63,26 @@ bin_dir=$(realpath "${KEEL_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}")
 out=$(realpath "${KEEL_BUILD_DIR:-build}")
 slot=$out/root.squashfs
 tool=$bin_dir/keel-bundle
+if [[ -n $app ]]; then
+  [[ -z $unhealthy && ${#binaries[@]} -eq 0 ]] || { echo "--app takes no --unhealthy or --binary" >&2; exit 2; }
+  [[ -x $tool ]] || { echo "missing $tool (run 'make build')" >&2; exit 1; }
+  keel_signing_key "$out" "$tool"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  t=$tmp/tree
+  install -d -m 0755 "$t/usr/lib/extension-release.d" "$t/usr/share/keel-app-$app"
+  printf 'ID=keel\nSYSEXT_LEVEL=1\n' >"$t/usr/lib/extension-release.d/extension-release.$app"
+  echo "hello from $app $version" >"$t/usr/share/keel-app-$app/hello.txt"
+  mksquashfs "$t" "$tmp/app.raw" -all-root -noappend -quiet -no-progress >/dev/null
+  rm -f "$dest"
+  "$tool" build --key "$keel_key_secret" --product keel --version "$version" --kind app \
+    --name "$app" "${requires[@]}" --expires-days "${KEEL_BUNDLE_EXPIRES_DAYS:-365}" \
+    --payload "$tmp/app.raw" --out "$dest"
+  "$tool" verify --key "$keel_key_public" "$dest" >/dev/null
+  echo "$dest: app $app $version${requires[*]:+ (${requires[*]})}, $(stat -c %s "$dest") bytes"
+  [[ -z $keel_key_dev ]] || keel_dev_key_warning
+  exit 0
+fi
 [[ $(id -u) -eq 0 ]] || { echo "$0 needs root (unsquashfs keeping ownership)" >&2; exit 1; }
 [[ -f $slot ]] || { echo "no $slot: run 'make image' first" >&2; exit 1; }
 [[ -x $tool ]] || { echo "missing $tool (run 'make build')" >&2; exit 1; }

@@ -290,7 +290,7 @@ load() {
 kf_pair
 monitor_adds $B "$work/soak-kf-b"
 load; sleep "$soak"; sleep 1
-kf_b=$(kf_status b | python3 -c 'import json,sys; c=json.load(sys.stdin)["counters"]; print(c["takeovers"], c["held_off_address_answered"])')
+kf_b=$(kf_status b | python3 -c 'import json,sys; c=json.load(sys.stdin)["engine"]["counters"]; print(c["takeovers"], c["held_off_address_answered"])')
 read -r kf_takeovers kf_held <<<"$kf_b"
 kf_adds=$(adds "$work/soak-kf-b")
 holds $A || echo "warning: A no longer holds after the soak" >&2

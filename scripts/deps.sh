@@ -14,6 +14,8 @@ packages=(
   nftables
   # keel-update's online tests: a real forwarding proxy (HTTP CONNECT, basic auth)
   tinyproxy
+  # keel-failover's DNS swing tests: a real DNS client
+  bind9-dnsutils
 )
 # bookworm's own qemu-system (7.2) refuses to install beside the backported
 # qemu-utils these machines carry: take qemu-system from bookworm-backports.

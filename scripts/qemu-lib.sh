@@ -9,7 +9,10 @@
 # that host port forwarded to its 443: the console sees its clients as 10.0.3.2, a
 # second source address beside the first NIC's 10.0.2.2), KEEL_GUESTFWD (extra
 # options for the first NIC, e.g. guestfwd=tcp:10.0.2.100:3128-cmd:SCRIPT: a host
-# service the guest may reach despite restrict=on).
+# service the guest may reach despite restrict=on), KEEL_SEGMENT_NETDEV and
+# KEEL_SEGMENT_MAC (one more NIC on a private L2 segment: the -netdev backend without
+# its id, e.g. tap,fd=3 for a tap the caller opened, and the NIC's MAC, which must
+# differ between the VMs of one segment).
 # shellcheck shell=bash
 
 # TCG unless KVM really works. /dev/kvm can exist on a paravirtual host whose CPU
@@ -56,6 +59,13 @@ keel_qemu_args() {
     KEEL_QEMU_ARGS+=(
       -netdev "user,id=n1,net=10.0.3.0/24,restrict=on,hostfwd=tcp:127.0.0.1:$KEEL_SECOND_HTTPS_PORT-:443"
       -device virtio-net-pci,netdev=n1
+    )
+  fi
+  if [[ -n ${KEEL_SEGMENT_NETDEV:-} ]]; then
+    # shellcheck disable=SC2054
+    KEEL_QEMU_ARGS+=(
+      -netdev "$KEEL_SEGMENT_NETDEV,id=seg"
+      -device "virtio-net-pci,netdev=seg${KEEL_SEGMENT_MAC:+,mac=$KEEL_SEGMENT_MAC}"
     )
   fi
   if [[ $accel == kvm ]]; then

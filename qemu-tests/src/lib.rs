@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use keel_certs::pinning::FingerprintVerifier;
 
+pub mod segment;
 pub mod updates;
+
+pub use segment::{Segment, SegmentNic};
 
 /// Ceiling for one boot to the console being ready.
 pub const BOOT_CEILING: Duration = Duration::from_secs(300);
@@ -65,6 +68,9 @@ pub fn image_or_skip() -> Option<PathBuf> {
         }
     }
 }
+
+/// The descriptor number QEMU finds the segment's tap on.
+const SEGMENT_FD: i32 = 3;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -149,6 +155,8 @@ pub struct Vm {
     pub second_https_port: Option<u16>,
     /// Extra user-network options of the first NIC (`with_guestfwd`).
     guestfwd: Option<String>,
+    /// A NIC on a private segment (`with_segment`).
+    segment: Option<SegmentNic>,
     qemu: Option<Child>,
     started: Instant,
 }
@@ -208,6 +216,7 @@ impl Vm {
             http_port: free_port(),
             second_https_port: None,
             guestfwd: None,
+            segment: None,
             qemu: None,
             started: Instant::now(),
         })
@@ -233,6 +242,18 @@ impl Vm {
         );
         self.guestfwd = Some(format!("guestfwd=tcp:{guest_addr}-cmd:{cmd}"));
         self
+    }
+
+    /// Gives the VM one more NIC, on `segment` (after the user-network NICs), with
+    /// a MAC of its own there: `segment_mac` names it for the test.
+    pub fn with_segment(mut self, segment: &Segment) -> Result<Self> {
+        self.segment = Some(segment.nic()?);
+        Ok(self)
+    }
+
+    /// The guest-side MAC of the segment NIC (lowercase, colon-separated).
+    pub fn segment_mac(&self) -> Option<&str> {
+        self.segment.as_ref().map(|n| n.mac.as_str())
     }
 
     /// The URL of `path` through the second NIC.
@@ -283,6 +304,29 @@ impl Vm {
         }
         if let Some(g) = &self.guestfwd {
             cmd.env("KEEL_GUESTFWD", g);
+        }
+        if let Some(nic) = &self.segment {
+            use std::os::fd::AsRawFd as _;
+            use std::os::unix::process::CommandExt as _;
+            cmd.env("KEEL_SEGMENT_NETDEV", format!("tap,fd={SEGMENT_FD}"))
+                .env("KEEL_SEGMENT_MAC", &nic.mac);
+            let raw = nic.fd.as_raw_fd();
+            // SAFETY: between fork and exec only async-signal-safe calls (dup2,
+            // fcntl) on descriptors this process owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = if raw == SEGMENT_FD {
+                        // Already in place: only close-on-exec must go.
+                        libc::fcntl(raw, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(raw, SEGMENT_FD)
+                    };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .env("KEEL_FIRMWARE", firmware)

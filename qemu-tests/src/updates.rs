@@ -128,3 +128,21 @@ pub async fn upload(
         Err(e) => (0, json!({"transport error": e.to_string()})),
     }
 }
+
+/// An app bundle `name` `version` (a tiny systemd-sysext image with
+/// usr/share/keel-app-NAME/hello.txt) made with image/make-test-bundle.sh --app,
+/// with each of `requires` (e.g. `base >= 0.1.3`).
+pub fn make_app_bundle(dir: &Path, name: &str, version: &str, requires: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{name}-{version}.bundle"));
+    let mut cmd = Command::new(workspace_root().join("image/make-test-bundle.sh"));
+    cmd.arg(version).arg(&out).args(["--app", name]);
+    for r in requires {
+        cmd.args(["--requires", r]);
+    }
+    let status = cmd.status().expect("image/make-test-bundle.sh runs");
+    assert!(
+        status.success(),
+        "make-test-bundle.sh --app {name} {version}: {status}"
+    );
+    out
+}

@@ -7,7 +7,10 @@
 //! check through the console's API, install online, reboot into slot B; then
 //! *install all in order* over a two-step chain (0.1.2, then 0.1.3 which installs
 //! only over 0.1.2): two more reboots, the second started by keel-update itself
-//! after the first healthy boot.
+//! after the first healthy boot. An app bundle (systemd-sysext image) that needs
+//! base 0.1.3 is refused on 0.1.0 (upload through the console's API), listed as
+//! "needs base 0.1.3 first" by the check, and installs and merges on 0.1.3 (no
+//! reboot; no extra boot for it either).
 
 #[path = "../../services/keel-update/tests/common/tinyproxy.rs"]
 mod tinyproxy;
@@ -16,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_qemu_tests::updates::{api, base_version, booted_into, make_bundle, outcome, status};
+use keel_qemu_tests::updates::{
+    api, base_version, booted_into, make_app_bundle, make_bundle, outcome, status, upload,
+};
 use keel_qemu_tests::{
     image_or_skip, json_post, openssl, set_up_admin, workspace_root, Firmware, Vm, BOOT_CEILING,
     READY_MARKER,
@@ -273,6 +278,21 @@ async fn online_update_through_a_proxy_on_the_booted_image() {
     keel_qemu_tests::updates::wait_update_service(&http, &vm).await;
     eprintln!("booted and set up: {:?}", t0.elapsed());
 
+    // The hosted product's layer needs a newer base than this one: refused, with
+    // the reason, and nothing installed.
+    let app = make_app_bundle(&dir, "demo", "1.0.0", &["base >= 0.1.3"]);
+    let app_bytes = std::fs::read(&app).unwrap();
+    let (st, refused) = upload(&http, &vm, &csrf, app_bytes.clone(), false).await;
+    assert_eq!(st, 422, "app on 0.1.0: {refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("needs base >= 0.1.3 first")),
+        "{refused}"
+    );
+    let u = keel_qemu_tests::updates::update_status(&http, &vm).await;
+    assert_eq!(u["apps"], json!([]), "{u}");
+
     let b1 = bundles.recv().expect("bundle 0.1.1");
     eprintln!("bundle 0.1.1 made: {:?}", t0.elapsed());
     std::fs::copy(&b1, www.join("keel-0.1.1.kbundle")).unwrap();
@@ -351,6 +371,7 @@ async fn online_update_through_a_proxy_on_the_booted_image() {
     eprintln!("bundles 0.1.2, 0.1.3 made: {:?}", t0.elapsed());
     std::fs::copy(&b2, www.join("keel-0.1.2.kbundle")).unwrap();
     resign(&b3, "0.1.3", ">=0.1.2", &www.join("keel-0.1.3.kbundle"));
+    std::fs::copy(&app, www.join("demo-1.0.0.kbundle")).unwrap();
     index(&www);
     let (st, a) = json_post(
         &http,
@@ -370,6 +391,14 @@ async fn online_update_through_a_proxy_on_the_booted_image() {
         .unwrap();
     assert_eq!(e3["state"], "needs-first", "{a}");
     assert_eq!(e3["reason"], "needs base 0.1.2 first", "{a}");
+    let ea = a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["component"] == "demo")
+        .unwrap_or_else(|| panic!("no app entry: {a}"));
+    assert_eq!(ea["state"], "needs-first", "{a}");
+    assert_eq!(ea["reason"], "needs base 0.1.3 first", "{a}");
     let (st, c) = post(&http, &vm, &csrf, "/update/install-all", json!({})).await;
     assert_eq!(st, 200, "install-all: {c}");
     assert_eq!(c["steps"], json!(["0.1.2", "0.1.3"]), "{c}");
@@ -380,7 +409,7 @@ async fn online_update_through_a_proxy_on_the_booted_image() {
         .await
         .unwrap();
     eprintln!("boot 3 (0.1.2) ready: {:?}", t0.elapsed());
-    let (http, _) = booted_into(&mut vm, PASSWORD, 4, INSTALL_CEILING, "b", "0.1.3").await;
+    let (http, csrf) = booted_into(&mut vm, PASSWORD, 4, INSTALL_CEILING, "b", "0.1.3").await;
     let s = status(&http, &vm).await;
     eprintln!("running 0.1.3: {:?} ({})", t0.elapsed(), s["slot"]);
     let start = Instant::now();
@@ -396,4 +425,43 @@ async fn online_update_through_a_proxy_on_the_booted_image() {
     assert_eq!(u["last_outcome"]["to_version"], "0.1.3", "{u}");
     assert_eq!(u["running"]["version"], "0.1.3", "{u}");
     eprintln!("install all done: {:?}", t0.elapsed());
+
+    // On 0.1.3 the same app bundle installs, and systemd-sysext merges it: "active"
+    // is the kernel's view (its extension-release file shows in /usr through the
+    // overlay, and a loop device is backed by its image), asked for reboot or not.
+    let (st, ans) = upload(&http, &vm, &csrf, app_bytes, true).await;
+    assert_eq!(st, 200, "app on 0.1.3: {ans}");
+    assert_eq!(
+        (
+            ans["app"].as_str(),
+            ans["version"].as_str(),
+            ans["rebooting"].as_bool()
+        ),
+        (Some("demo"), Some("1.0.0"), Some(false)),
+        "{ans}"
+    );
+    let u = keel_qemu_tests::updates::update_status(&http, &vm).await;
+    assert_eq!(
+        u["apps"],
+        json!([{"name": "demo", "version": "1.0.0", "active": true, "previous": null, "note": null}]),
+        "{u}"
+    );
+    assert_eq!(u["running"]["version"], "0.1.3", "no reboot: {u}");
+    let (st, a) = json_post(
+        &http,
+        &vm.url(&api("/update/check")),
+        json!({}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "check: {a}");
+    let ea = a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["component"] == "demo")
+        .unwrap();
+    assert_eq!(ea["state"], "installed", "{a}");
+    eprintln!("app demo 1.0.0 installed and merged: {:?}", t0.elapsed());
 }

@@ -104,6 +104,27 @@ pub struct UpdateStatus {
     /// *Install all in order*, while it runs and after it ended.
     #[serde(default)]
     pub chain: Option<ChainStatus>,
+    /// Installed app bundles (systemd-sysext images in `/data/apps`).
+    #[serde(default)]
+    pub apps: Vec<AppInfo>,
+}
+
+/// One installed app bundle: the hosted product's layer over the base.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppInfo {
+    pub name: String,
+    /// The version its extension link names.
+    pub version: String,
+    /// Merged into `/usr` now: the extension-release file of this very image is
+    /// visible there (what systemd-sysext made of it, not what keel-update wrote).
+    #[serde(default)]
+    pub active: bool,
+    /// The version kept for one rollback, if any.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// Why it is not active, when it is not.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// Answer of a successful install.
@@ -114,6 +135,10 @@ pub struct InstallAnswer {
     pub slot: String,
     /// Whether keel-update asked for the reboot itself (`?reboot=true`).
     pub rebooting: bool,
+    /// The app's name when an app bundle was installed: then `slot` is empty,
+    /// nothing reboots and the extension is already active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// The typed confirmation a rollback needs.
@@ -227,6 +252,9 @@ pub struct AvailableUpdates {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstallOnlineRequest {
     pub version: String,
+    /// The app to install; absent: the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     /// Reboot into it once armed.
     #[serde(default)]
     pub reboot: bool,

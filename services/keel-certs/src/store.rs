@@ -35,6 +35,10 @@ use crate::inspect::{self, Target};
 use crate::material::{read_inputs, Bundle, Input, PrivateKey};
 use crate::{generate, parse_certs, CertError};
 
+// Copying entries to the peer of a failover pair (keel-failover config sync).
+mod replica;
+pub use replica::{check_entry, write_assignments, EntryFile, EntryFiles};
+
 const CHAIN: &str = "chain.pem";
 const KEY: &str = "key.pem";
 const CSR: &str = "csr.pem";

@@ -377,6 +377,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::time::router())
         .merge(crate::net::router())
         .merge(crate::update::router())
+        .merge(crate::failover::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .layer(axum::middleware::map_response(security_headers))

@@ -398,9 +398,18 @@ async fn api_assign(
     JsonBody(t): JsonBody<CertTargets>,
 ) -> Result<Json<CertList>, ApiError> {
     api_change(&cs, &headers)?;
+    refuse_shared_on_backup(&t).await?;
     let list = cs.store.assign(&id, &t).map_err(api_error)?;
     reload(&cs)?;
     Ok(Json(list))
+}
+
+/// A backup's shared addresses get their certificates from the primary's sync.
+async fn refuse_shared_on_backup(t: &CertTargets) -> Result<(), ApiError> {
+    match crate::failover::shared_assignment_refused(&t.ips).await {
+        Some(why) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+        None => Ok(()),
+    }
 }
 
 async fn api_unassign(
@@ -409,6 +418,7 @@ async fn api_unassign(
     JsonBody(t): JsonBody<CertTargets>,
 ) -> Result<Json<CertList>, ApiError> {
     api_change(&cs, &headers)?;
+    refuse_shared_on_backup(&t).await?;
     let list = cs.store.unassign(&t).map_err(api_error)?;
     reload(&cs)?;
     Ok(Json(list))
@@ -572,7 +582,16 @@ fn page(cs: &CertsState, csrf: String, opts: PageOpts) -> Response {
 
 async fn html_page(State(cs): State<CertsShared>, headers: HeaderMap) -> Response {
     match cs.app.session(&headers) {
-        Some((_, s)) => page(&cs, s.csrf_token, PageOpts::ok()),
+        Some((_, s)) => {
+            let opts = match crate::failover::managed_by().await {
+                Some(primary) => PageOpts::notice(format!(
+                    "This node is the failover backup of {primary}: the certificates of the \
+                     shared addresses are assigned there and come here with its sync."
+                )),
+                None => PageOpts::ok(),
+            };
+            page(&cs, s.csrf_token, opts)
+        }
         None => Redirect::to("/appliance/").into_response(),
     }
 }
@@ -928,6 +947,9 @@ async fn form_assign(
             Err(e) => page(&cs, csrf, PageOpts::error(&e)),
         };
     }
+    if let Err(e) = refuse_shared_on_backup(&t).await {
+        return page(&cs, csrf, PageOpts::error(&CertError::Invalid(e.message)));
+    }
     match cs.store.assign(&id, &t).and_then(|_| cs.reload()) {
         Ok(()) => page(
             &cs,
@@ -967,6 +989,9 @@ async fn form_unassign(
             )
         }
     };
+    if let Err(e) = refuse_shared_on_backup(&t).await {
+        return page(&cs, csrf, PageOpts::error(&CertError::Invalid(e.message)));
+    }
     match cs.store.unassign(&t).and_then(|_| cs.reload()) {
         Ok(()) => page(
             &cs,

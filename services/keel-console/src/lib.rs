@@ -5,6 +5,7 @@ pub mod auth;
 pub mod boot;
 pub mod certs;
 pub mod error;
+pub mod failover;
 pub mod local_service;
 pub mod net;
 pub mod status;

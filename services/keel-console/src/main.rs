@@ -32,6 +32,9 @@ struct Args {
     /// keel-netd's local API socket (network configuration).
     #[arg(long, default_value = "/run/keel/netd/api.sock")]
     netd_socket: PathBuf,
+    /// keel-failover's local API socket (pair, sync, inter-appliance key).
+    #[arg(long, default_value = "/run/keel/failover/api.sock")]
+    failover_socket: PathBuf,
     /// Directory where power requests are dropped for root to carry out.
     #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
     requests_dir: PathBuf,
@@ -117,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     keel_console::time::set_socket(args.timed_socket.clone());
     keel_console::net::set_socket(args.netd_socket.clone());
+    keel_console::failover::set_socket(args.failover_socket.clone());
     keel_console::boot::set_state_file(args.boot_state.clone());
 
     let hostname = nix::unistd::gethostname()

@@ -54,6 +54,17 @@ async fn call<B: Serialize, R: DeserializeOwned>(
     NETD.call(method, path, body, CALL_LIMIT).await
 }
 
+/// The addresses netd's running configuration marks *shared* (failover), with
+/// their interface, in the configuration's order.
+pub async fn shared_addresses() -> Result<Vec<(String, ipnetwork::IpNetwork)>, ApiError> {
+    let s: NetState = call::<(), _>("GET", "/state", None).await?;
+    Ok(s.running
+        .interfaces
+        .iter()
+        .filter_map(|i| i.shared_address.map(|a| (i.name.clone(), a)))
+        .collect())
+}
+
 async fn propose(config: Value, confirm_seconds: Option<u64>) -> Result<NetPending, ApiError> {
     let body = json!({"config": config, "owner": OWNER, "confirm_seconds": confirm_seconds});
     call("PUT", "/config", Some(&body)).await

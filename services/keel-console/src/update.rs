@@ -628,6 +628,23 @@ pub struct StatusView {
     pub progress: Option<ProgressView>,
     pub in_progress: bool,
     pub rollback_to: Option<String>,
+    /// Installed app bundles, one line each.
+    pub apps: Vec<String>,
+}
+
+/// An installed app as a line: version, whether systemd-sysext merged it.
+fn app_line(a: &keel_api::AppInfo) -> String {
+    let state = if a.active {
+        "active".to_owned()
+    } else {
+        format!("NOT active: {}", a.note.as_deref().unwrap_or("not merged"))
+    };
+    let prev = a
+        .previous
+        .as_ref()
+        .map(|p| format!("; {p} kept for a rollback"))
+        .unwrap_or_default();
+    format!("{} {} — {state}{prev}", a.name, a.version)
 }
 
 /// The last update's outcome, for *Support › Updates* and the Basics page.
@@ -670,6 +687,7 @@ fn view(s: &UpdateStatus) -> StatusView {
         progress,
         in_progress: running(p.phase),
         rollback_to: s.rollback_to.clone(),
+        apps: s.apps.iter().map(app_line).collect(),
     }
 }
 
@@ -697,6 +715,8 @@ pub struct OnlineView {
     pub error: Option<String>,
     pub settings_error: Option<String>,
     pub download_key: Option<DownloadKeyAnswer>,
+    /// On a failover backup: the primary that manages updates (forms hidden).
+    pub managed_by: Option<String>,
 }
 
 fn entry_view(e: &keel_api::AvailableEntry) -> EntryView {
@@ -825,6 +845,7 @@ async fn page(status_code: StatusCode, csrf: String, opts: PageOpts) -> Response
     online.error = opts.online_error;
     online.settings_error = opts.settings_error;
     online.download_key = opts.download_key;
+    online.managed_by = crate::failover::managed_by().await;
     let page = UpdatesPage {
         csrf,
         error: None,
@@ -982,6 +1003,17 @@ async fn install_submit(State(st): State<Shared>, req: Request) -> Response {
                 Ok(a) => a,
                 Err(e) => return refused(e.status, e.message, reboot).await,
             };
+            if let Some(app) = &a.app {
+                let notice = format!(
+                    "App {app} {} is installed, verified and active (no restart needed).",
+                    a.version
+                );
+                let opts = PageOpts {
+                    notice: Some(notice),
+                    ..PageOpts::default()
+                };
+                return page(StatusCode::OK, csrf.clone(), opts).await;
+            }
             let next = if a.rebooting {
                 "The appliance restarts now to try it; this page answers again once it is back."
             } else {
@@ -1133,6 +1165,9 @@ struct ActionForm {
     csrf: String,
     #[serde(default)]
     version: String,
+    /// `base` or an app's name (the online list's entries).
+    #[serde(default)]
+    component: String,
 }
 
 /// The session's CSRF token after a form's session and token were checked.
@@ -1227,16 +1262,26 @@ async fn install_online_submit(
     form_action(&st, &headers, &form.csrf, async {
         let req = InstallOnlineRequest {
             version: form.version.trim().to_owned(),
+            app: Some(form.component.trim())
+                .filter(|c| !c.is_empty() && *c != "base")
+                .map(str::to_owned),
             reboot: true,
         };
         match install_online(&req).await {
             Ok(a) => PageOpts {
-                notice: Some(format!(
-                    "Keel {} was downloaded, verified and installed in slot {}. The appliance \
-                         restarts now to try it; if it does not come up healthy, it goes back \
-                         to the version running now by itself.",
-                    a.version, a.slot
-                )),
+                notice: Some(match &a.app {
+                    Some(app) => format!(
+                        "App {app} {} was downloaded, verified and installed; it is active \
+                         (no restart needed).",
+                        a.version
+                    ),
+                    None => format!(
+                        "Keel {} was downloaded, verified and installed in slot {}. The \
+                         appliance restarts now to try it; if it does not come up healthy, it \
+                         goes back to the version running now by itself.",
+                        a.version, a.slot
+                    ),
+                }),
                 ..PageOpts::default()
             },
             Err(e) => PageOpts {
@@ -1374,6 +1419,13 @@ mod tests {
             }),
             rollback_to: None,
             chain: None,
+            apps: vec![keel_api::AppInfo {
+                name: "demo".into(),
+                version: "1.0.0".into(),
+                active: true,
+                previous: Some("0.9.0".into()),
+                note: None,
+            }],
         }
     }
 
@@ -1408,6 +1460,7 @@ mod tests {
             "25 %",
             "<meta http-equiv=\"refresh\" content=\"2\">",
             "An install is running",
+            "demo 1.0.0 — active; 0.9.0 kept for a rollback",
         ] {
             assert!(html.contains(want), "{want:?} in\n{html}");
         }

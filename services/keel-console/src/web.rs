@@ -41,6 +41,8 @@ struct BasicsPage {
     time: crate::time::TimeView,
     /// The last update's outcome, when keel-update has one.
     update: Option<crate::update::OutcomeLine>,
+    /// "Backup of <peer>" when this node is a failover backup.
+    backup_of: Option<String>,
 }
 
 #[derive(Template)]
@@ -121,7 +123,11 @@ async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
-    let (time, update) = tokio::join!(crate::time::basics_view(), crate::update::basics_line());
+    let (time, update, backup_of) = tokio::join!(
+        crate::time::basics_view(),
+        crate::update::basics_line(),
+        crate::failover::managed_by()
+    );
     let s = st.status();
     let uptime = human_duration(s.uptime_seconds);
     render(
@@ -135,6 +141,7 @@ async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response 
             certs: crate::certs::basics_view(st),
             time,
             update,
+            backup_of,
         },
     )
 }

@@ -1,65 +1,113 @@
-//! The local API (Unix socket, keel-core style): status, become-primary,
-//! automatic takeover on/off. Later the console and keelctl call it.
+//! The local API (Unix socket, keel-core style), used by the console's *Failover*
+//! page and `keelctl failover`: status in any state, the inter-appliance key,
+//! establish, sync, become-primary, break, automatic takeover on/off.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keel_api::{AutoTakeoverRequest, ErrorBody, FailoverStatus};
-use tokio::sync::{mpsc, oneshot};
+use keel_api::{
+    AutoTakeoverRequest, ErrorBody, EstablishRequest, FailoverOverview, PskBody, SyncReport,
+};
+use serde::Serialize;
 
-use crate::engine::{Command, Snapshot};
+use crate::daemon::{Daemon, Failure, WithWarnings};
+use crate::dns::DnsConfig;
 
-#[derive(Clone)]
-struct Api {
-    snapshot: Arc<Mutex<Snapshot>>,
-    commands: mpsc::Sender<Command>,
-}
+type Answer<T> = Result<Json<T>, (StatusCode, Json<ErrorBody>)>;
 
-type Answer = Result<Json<FailoverStatus>, (StatusCode, Json<ErrorBody>)>;
-
-fn fail(status: StatusCode, error: impl Into<String>) -> (StatusCode, Json<ErrorBody>) {
+fn fail(f: Failure) -> (StatusCode, Json<ErrorBody>) {
     (
-        status,
-        Json(ErrorBody {
-            error: error.into(),
-        }),
+        StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(ErrorBody { error: f.message }),
     )
 }
 
-pub fn router(snapshot: Arc<Mutex<Snapshot>>, commands: mpsc::Sender<Command>) -> Router {
+/// `FailoverOverview` and, when there are any, `warnings` beside its fields
+/// (e.g. a break done here while the peer did not answer).
+#[derive(Serialize)]
+pub struct Warned {
+    #[serde(flatten)]
+    pub overview: FailoverOverview,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+fn warned(r: Result<WithWarnings<FailoverOverview>, Failure>) -> Answer<Warned> {
+    r.map(|w| {
+        Json(Warned {
+            overview: w.value,
+            warnings: w.warnings,
+        })
+    })
+    .map_err(fail)
+}
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
         .route("/status", get(status))
+        .route("/psk", get(psk).put(set_psk))
+        .route("/psk/generate", post(generate_psk))
+        .route("/establish", post(establish))
+        .route("/sync", post(sync))
         .route("/become-primary", post(become_primary))
+        .route("/break", post(break_relationship))
         .route("/auto-takeover", post(auto_takeover))
-        .with_state(Api { snapshot, commands })
+        .route("/dns", get(dns).put(set_dns))
+        .with_state(daemon)
 }
 
-async fn status(State(api): State<Api>) -> Json<FailoverStatus> {
-    Json(api.snapshot.lock().expect("snapshot lock").status())
+async fn status(State(d): State<Arc<Daemon>>) -> Json<FailoverOverview> {
+    Json(d.overview().await)
 }
 
-async fn ask<T>(
-    api: &Api,
-    make: impl FnOnce(oneshot::Sender<T>) -> Command,
-) -> Result<T, (StatusCode, Json<ErrorBody>)> {
-    let (tx, rx) = oneshot::channel();
-    let gone = || fail(StatusCode::SERVICE_UNAVAILABLE, "the engine is stopping");
-    api.commands.send(make(tx)).await.map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())
+async fn psk(State(d): State<Arc<Daemon>>) -> Answer<PskBody> {
+    d.psk().await.map(Json).map_err(fail)
 }
 
-async fn become_primary(State(api): State<Api>) -> Answer {
-    ask(&api, Command::BecomePrimary)
-        .await?
-        .map(Json)
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))
+async fn set_psk(State(d): State<Arc<Daemon>>, Json(body): Json<PskBody>) -> Answer<PskBody> {
+    d.set_psk(body).await.map(Json).map_err(fail)
 }
 
-async fn auto_takeover(State(api): State<Api>, Json(req): Json<AutoTakeoverRequest>) -> Answer {
-    ask(&api, |tx| Command::SetAutoTakeover(req.enabled, tx))
+async fn generate_psk(State(d): State<Arc<Daemon>>) -> Answer<PskBody> {
+    d.generate_psk().await.map(Json).map_err(fail)
+}
+
+async fn establish(
+    State(d): State<Arc<Daemon>>,
+    Json(req): Json<EstablishRequest>,
+) -> Answer<FailoverOverview> {
+    d.establish_and_sync(req).await.map(Json).map_err(fail)
+}
+
+async fn sync(State(d): State<Arc<Daemon>>) -> Answer<SyncReport> {
+    d.sync_now().await.map(Json).map_err(fail)
+}
+
+async fn become_primary(State(d): State<Arc<Daemon>>) -> Answer<Warned> {
+    warned(d.become_primary().await)
+}
+
+async fn break_relationship(State(d): State<Arc<Daemon>>) -> Answer<Warned> {
+    warned(d.break_relationship().await)
+}
+
+async fn auto_takeover(
+    State(d): State<Arc<Daemon>>,
+    Json(req): Json<AutoTakeoverRequest>,
+) -> Answer<FailoverOverview> {
+    d.set_auto_takeover(req.enabled)
         .await
         .map(Json)
+        .map_err(fail)
+}
+
+async fn dns(State(d): State<Arc<Daemon>>) -> Answer<DnsConfig> {
+    d.dns().await.map(Json).map_err(fail)
+}
+
+async fn set_dns(State(d): State<Arc<Daemon>>, Json(req): Json<DnsConfig>) -> Answer<DnsConfig> {
+    d.set_dns(req).await.map(Json).map_err(fail)
 }

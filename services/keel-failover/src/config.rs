@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use ipnetwork::IpNetwork;
 use keel_api::FailoverRole;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ pub const DEFAULT_INTERVAL_MS: u64 = 20;
 pub const DEFAULT_WINDOW_MS: u64 = 100;
 pub const DEFAULT_PROBE_MS: u64 = 20;
 pub const DEFAULT_PORT: u16 = 7946;
+pub const DEFAULT_SYNC_INTERVAL_S: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -92,6 +94,26 @@ pub struct Config {
     /// Role on the very first start (no state in the data directory yet).
     #[serde(default = "backup")]
     pub initial_role: FailoverRole,
+    /// Seconds between the primary's syncs to the backup.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_s: u64,
+    /// The relationship made by *establish* (absent in a config written by hand:
+    /// heartbeats only, no pairing channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<Pairing>,
+}
+
+/// The peer as pinned at *establish*.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pairing {
+    /// SHA-256 (hex) of the peer's pairing certificate: the only one accepted.
+    pub pin: String,
+    /// The peer's pairing endpoint (TLS).
+    pub address: SocketAddr,
+    pub node_id: String,
+    /// The product version the peer reported at *establish*.
+    pub version: String,
 }
 
 fn default_interval() -> u64 {
@@ -102,6 +124,9 @@ fn default_window() -> u64 {
 }
 fn default_probe() -> u64 {
     DEFAULT_PROBE_MS
+}
+fn default_sync_interval() -> u64 {
+    DEFAULT_SYNC_INTERVAL_S
 }
 fn yes() -> bool {
     true
@@ -246,6 +271,9 @@ impl Config {
         if !(5..=2000).contains(&self.probe_ms) {
             return Err(invalid("probe_ms", "5 to 2000"));
         }
+        if !(5..=86_400).contains(&self.sync_interval_s) {
+            return Err(invalid("sync_interval_s", "5 to 86400"));
+        }
         Ok(())
     }
 
@@ -285,6 +313,50 @@ pub fn read_psk(path: &Path) -> Result<Vec<u8>, ConfigError> {
         )));
     }
     Ok(key)
+}
+
+fn psk_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Psk {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Makes the inter-appliance key on first start: 32 random bytes, base64, 0600.
+/// An existing file is left alone (`read_psk` judges it when it is used).
+pub fn ensure_psk(path: &Path) -> Result<(), ConfigError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = [0u8; MIN_PSK_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| psk_error(path, "no random bytes from the kernel"))?;
+    let text = base64::engine::general_purpose::STANDARD.encode(key);
+    store_psk(path, &text)
+}
+
+/// Replaces the key with one the admin pasted: base64 (standard alphabet) of at
+/// least 32 bytes, else refused and the file left as it was.
+pub fn write_psk(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let text = text.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| psk_error(path, format!("not base64: {e}")))?;
+    if decoded.len() < MIN_PSK_BYTES {
+        return Err(psk_error(
+            path,
+            format!(
+                "{} bytes decoded; at least {MIN_PSK_BYTES} needed",
+                decoded.len()
+            ),
+        ));
+    }
+    store_psk(path, text)
+}
+
+fn store_psk(path: &Path, text: &str) -> Result<(), ConfigError> {
+    keel_core::store::write_atomic(path, format!("{text}\n").as_bytes(), 0o600)
+        .map_err(|e| psk_error(path, e.to_string()))
 }
 
 #[cfg(test)]
@@ -402,5 +474,32 @@ mod tests {
         std::fs::write(&p, b"short-key-of-31-bytes..........\n").unwrap();
         let e = read_psk(&p).unwrap_err().to_string();
         assert!(e.contains("31 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_pasted_key_is_checked_before_it_replaces_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("psk");
+        ensure_psk(&path).unwrap();
+        let made = read_psk(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        ensure_psk(&path).unwrap();
+        assert_eq!(read_psk(&path).unwrap(), made, "an existing key stays");
+        let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
+        let e = write_psk(&path, &short).unwrap_err().to_string();
+        assert!(e.contains("16 bytes decoded; at least 32 needed"), "{e}");
+        let e = write_psk(&path, "no base64!").unwrap_err().to_string();
+        assert!(e.contains("not base64"), "{e}");
+        assert_eq!(
+            read_psk(&path).unwrap(),
+            made,
+            "a refused key changes nothing"
+        );
+        let good = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        write_psk(&path, &format!(" {good}\n")).unwrap();
+        assert_eq!(read_psk(&path).unwrap(), good.as_bytes());
     }
 }

@@ -121,6 +121,68 @@ impl Kernel {
             .collect())
     }
 
+    /// Every address of every interface, with the interface's index.
+    async fn all_addresses(&self) -> Result<Vec<(IpAddr, u32)>, KernelError> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing addresses"))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let ip = ip.or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                })?;
+                Some((ip, m.header.index))
+            })
+            .collect())
+    }
+
+    /// Whether `ip` is one of this node's addresses.
+    pub async fn is_local(&self, ip: IpAddr) -> Result<bool, KernelError> {
+        Ok(self.all_addresses().await?.iter().any(|(a, _)| *a == ip))
+    }
+
+    /// The interface holding an address of its own (not `net`'s address itself)
+    /// inside `net`'s subnet: where a node serves that shared address.
+    pub async fn interface_in(&self, net: IpNetwork) -> Result<Option<String>, KernelError> {
+        let Some(index) = self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .find(|(ip, _)| *ip != net.ip() && net.contains(*ip))
+            .map(|(_, i)| i)
+        else {
+            return Ok(None);
+        };
+        let msg: Option<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl(format!("reading interface {index}")))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        }))
+    }
+
     /// For each of `addrs`, whether it is on the interface.
     pub async fn present(&self, index: u32, addrs: &[IpNetwork]) -> Result<Vec<bool>, KernelError> {
         let have = self.addresses(index).await?;

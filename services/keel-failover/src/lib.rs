@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod config;
+pub mod daemon;
+pub mod dns;
 pub mod engine;
 pub mod kernel;
+pub mod pair;
 pub mod raw;
 pub mod sync;
 pub mod wire;

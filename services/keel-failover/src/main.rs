@@ -1,11 +1,14 @@
-//! keel-failover: the takeover engine daemon, and `release` for ExecStopPost.
+//! keel-failover: the always-running daemon (pairing, and the takeover engine
+//! while paired), `release` for ExecStopPost, `sync-agent`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keel_failover::config::{read_psk, Config};
-use keel_failover::engine::Engine;
+use keel_failover::daemon::{Daemon, Options};
+use keel_failover::sync::{SyncBackend, SyncPaths};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +28,19 @@ struct Args {
     /// Group that may use the socket too (mode 0660); without it the socket is 0600.
     #[arg(long)]
     socket_group: Option<String>,
+    /// The pairing port (TLS): where the peer establishes, syncs and breaks.
+    #[arg(long, default_value = "[::]:7947")]
+    pair_listen: SocketAddr,
+    /// Config sync in this process, with DIR/console, DIR/update/settings.json and
+    /// DIR/shared (standalone runs and tests).
+    #[arg(long, value_name = "DIR", conflicts_with = "sync_agent")]
+    sync_root: Option<PathBuf>,
+    /// Config sync through the root sync agent on this socket (the image).
+    #[arg(long, value_name = "SOCKET")]
+    sync_agent: Option<PathBuf>,
+    /// Pairing protocol announced (tests provoke an incompatible peer with it).
+    #[arg(long, hide = true, default_value_t = keel_failover::pair::PROTOCOL)]
+    pair_protocol: u32,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -35,27 +51,31 @@ enum Cmd {
     Release,
     /// Validate the configuration and the PSK file, then exit.
     Check,
-}
-
-/// Keeps the heartbeat path out of swap: a page fault on a loaded box is exactly
-/// the delay that makes a peer look dead. Needs CAP_IPC_LOCK or a large
-/// RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit); without them it only warns.
-fn lock_memory() {
-    use nix::sys::mman::{mlockall, MlockAllFlags};
-    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
-        tracing::debug!("mlockall: {e} (memory stays swappable)");
-    }
+    /// The root helper that reads and writes the synced files (one connection on
+    /// stdin/stdout, socket-activated).
+    SyncAgent,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = Config::load(&args.config)?;
     match args.command {
+        Some(Cmd::SyncAgent) => return keel_failover::sync::run_agent(),
         Some(Cmd::Check) => {
+            if !args.config.exists() {
+                println!("{}: no relationship", args.config.display());
+                return Ok(());
+            }
+            let cfg = Config::load(&args.config)?;
             read_psk(&cfg.psk_file)?;
             println!("{}: ok", args.config.display());
             return Ok(());
         }
         Some(Cmd::Release) => {
+            // Unpaired, or kept after a break: nobody else serves the addresses.
+            if !args.config.exists() {
+                tracing::info!("no relationship: nothing to release");
+                return Ok(());
+            }
+            let cfg = Config::load(&args.config)?;
             keel_failover::engine::release(&cfg)
                 .await
                 .context("releasing the shared addresses")?;
@@ -64,26 +84,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let psk = read_psk(&cfg.psk_file)?;
-    lock_memory();
-    let engine = Engine::start(cfg.clone(), &psk, &args.data_dir).await?;
-    drop(psk);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let sync = match (args.sync_root, args.sync_agent) {
+        (Some(root), _) => Some(SyncBackend::InProcess(SyncPaths {
+            console: root.join("console"),
+            update_settings: root.join("update/settings.json"),
+            shared: root.join("shared"),
+        })),
+        (None, Some(socket)) => Some(SyncBackend::Agent(socket)),
+        (None, None) => None,
+    };
+    let daemon = Daemon::start(Options {
+        config: args.config,
+        data_dir: args.data_dir,
+        pair_listen: args.pair_listen,
+        protocol: args.pair_protocol,
+        sync,
+    })
+    .await?;
+    let pairing = tokio::net::TcpListener::bind(args.pair_listen)
+        .await
+        .with_context(|| format!("pairing port {}", args.pair_listen))?;
     let listener = keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?;
     tokio::spawn(keel_core::local_api::serve(
         listener,
-        keel_failover::api::router(engine.snapshot(), tx),
+        keel_failover::api::router(daemon.clone()),
     ));
-    let engine = tokio::spawn(engine.run(rx));
+    tokio::spawn(daemon.clone().serve_pairing(pairing));
+    tokio::spawn(daemon.clone().sync_loop());
+    tracing::info!(
+        fingerprint = daemon.fingerprint(),
+        pair = %args.pair_listen,
+        "ready"
+    );
     keel_core::notify::ready_until_stopped().await?;
     // A stopped engine no longer answers heartbeats: it must not keep serving
     // the addresses either (the peer takes over after its window). Under
     // systemd ExecStopPost= does the same, also after a crash.
-    engine.abort();
-    let _ = engine.await;
-    keel_failover::engine::release(&cfg)
-        .await
-        .context("releasing the shared addresses")?;
+    daemon.shutdown().await;
     Ok(())
 }
 

@@ -53,12 +53,20 @@ pub struct Key(hmac::Key);
 
 impl Key {
     pub fn derive(psk: &[u8]) -> Self {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(psk);
-        let okm = prk
-            .expand(&[INFO_HEARTBEAT], hmac::HMAC_SHA256)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Key(hmac::Key::from(okm))
+        Key(derive_key(psk, INFO_HEARTBEAT))
     }
+}
+
+/// An HMAC-SHA256 key of its own for one use of the PSK (HKDF-SHA256, salt
+/// `keel-failover v1`, `info` naming the use): a MAC of one use never verifies
+/// in another.
+pub fn derive_key(psk: &[u8], info: &[u8]) -> hmac::Key {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(psk);
+    let info = [info];
+    let okm = prk
+        .expand(&info, hmac::HMAC_SHA256)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    hmac::Key::from(okm)
 }
 
 impl Heartbeat {

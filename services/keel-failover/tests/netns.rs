@@ -430,3 +430,67 @@ fn a_clean_stop_releases_and_the_peer_takes_over() {
     let (_, neither, _) = assert_never_both(&monitor, &pair, "clean stop");
     assert!(neither < TAKEOVER_BOUND, "no holder for {neither:?}");
 }
+
+/// `dig +short NAME A` against one node's DNS swing server, from the client side.
+fn dig_a(pair: &Pair, server: Node) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.client,
+            "dig",
+            "+short",
+            "+tries=1",
+            "+time=2",
+        ])
+        .arg(format!("@{}", server.addr()))
+        .args(["-p", "5353", "portal.example.test", "A"])
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn dns_swing_answers_with_the_current_primary() {
+    need_netns!();
+    if std::process::Command::new("dig")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: dig (bind9-dnsutils) is not installed");
+        return;
+    }
+    let mut pair = started_pair("dn", Options::default());
+    for n in [Node::A, Node::B] {
+        let settings = serde_json::json!({
+            "enabled": true,
+            "name": "portal.example.test",
+            "listen": [format!("{}:5353", n.addr())],
+            "ttl": 5,
+            "nameservers": ["ns-a.example.test", "ns-b.example.test"],
+            "this_node": [n.addr()],
+            "peer_node": [n.other().addr()],
+        });
+        let set = pair.call(n, "PUT", "/dns", Some(&settings)).unwrap();
+        assert_eq!(set["enabled"], true, "{set}");
+    }
+    // Both servers name the primary, A.
+    for n in [Node::A, Node::B] {
+        common::wait_for("A answered as primary", SETTLE, || {
+            (dig_a(&pair, n) == Node::A.addr()).then_some(())
+        });
+    }
+    // A listen address this node does not have: refused, the old server stays.
+    let bad = serde_json::json!({"enabled": true, "name": "portal.example.test",
+        "listen": ["10.77.0.250:5353"], "this_node": [Node::A.addr()], "peer_node": [Node::B.addr()],
+        "nameservers": ["ns-a.example.test"]});
+    let e = pair.call(Node::A, "PUT", "/dns", Some(&bad)).unwrap_err();
+    assert!(e.contains("dns:"), "{e}");
+    assert_eq!(dig_a(&pair, Node::A), Node::A.addr());
+    // A dies: B takes over and its server answers with its own address.
+    pair.power_loss(Node::A);
+    common::wait_for("B answers as primary", SETTLE, || {
+        (dig_a(&pair, Node::B) == Node::B.addr()).then_some(())
+    });
+}

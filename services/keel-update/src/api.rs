@@ -159,7 +159,10 @@ async fn available(State(u): State<Shared>) -> Response {
 
 async fn install_online(State(u): State<Shared>, body: Bytes) -> Response {
     match json_body::<InstallOnlineRequest>(&body) {
-        Ok(req) => answer(u.install_online(&req.version, req.reboot).await),
+        Ok(req) => answer(
+            u.install_from_feed(&req.version, req.app.as_deref(), req.reboot)
+                .await,
+        ),
         Err(r) => r,
     }
 }

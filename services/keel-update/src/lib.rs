@@ -21,6 +21,7 @@
 //! connection.
 
 pub mod api;
+pub mod apps;
 pub mod chain;
 pub mod identity;
 pub mod idle;

@@ -67,6 +67,19 @@ struct Args {
     /// The image's CA roots for the feed server (PEM bundle); the settings may add one CA.
     #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
     ca_bundle: PathBuf,
+    /// App bundles: images in <dir>/<name>/, extension links in <dir>/extensions
+    /// (the image's /etc/extensions points there).
+    #[arg(long, default_value = "/data/apps")]
+    apps_dir: PathBuf,
+    /// Where merged extensions show.
+    #[arg(long, default_value = "/usr")]
+    usr_dir: PathBuf,
+    /// Reads an app image's extension-release before activation.
+    #[arg(long, default_value = "unsquashfs")]
+    unsquashfs: String,
+    /// Merges the extension links again after an app install.
+    #[arg(long, default_value = keel_update::service::SYSEXT_REFRESH)]
+    sysext_refresh_command: String,
 }
 
 impl Args {
@@ -83,6 +96,11 @@ impl Args {
         c.boot_id_file = self.boot_id_file.clone();
         c.tries = self.tries;
         c.ca_bundle = self.ca_bundle.clone();
+        c.apps_dir = self.apps_dir.clone();
+        c.usr_dir = self.usr_dir.clone();
+        c.unsquashfs = self.unsquashfs.clone();
+        let refresh = self.sysext_refresh_command.clone();
+        c.sysext_refresh = Arc::new(move || keel_update::service::run_command(&refresh));
         let cmd = self.reboot_command.clone();
         c.reboot = Arc::new(move || {
             if cmd == "none" {

@@ -137,19 +137,17 @@ fn state_of(s: &Status<'_>) -> (AvailableState, Option<String>, Vec<String>) {
     }
 }
 
-const APP_UNSUPPORTED: &str = "app bundles are not supported on this version yet";
-
-/// The verified feed judged against the running base version.
-pub fn available(feed: &Feed, url: &Url, running: Version) -> AvailableUpdates {
-    let installed = Installed::new().with("base", running);
-    let entries = assess(&installed, &feed.entries)
+/// The verified feed judged against the running base version and the installed
+/// apps (an app whose base requirement is not met yet says "needs base X first").
+pub fn available(feed: &Feed, url: &Url, installed: &Installed) -> AvailableUpdates {
+    let running = installed
+        .get("base")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let entries = assess(installed, &feed.entries)
         .iter()
         .map(|a| {
-            let (mut state, mut reason, steps) = state_of(&a.status);
-            if a.entry.kind == Kind::App && state != AvailableState::Blocked {
-                state = AvailableState::Blocked;
-                reason = Some(APP_UNSUPPORTED.into());
-            }
+            let (state, reason, steps) = state_of(&a.status);
             AvailableEntry {
                 file: a.entry.file.clone(),
                 component: a.entry.component().to_string(),
@@ -162,10 +160,12 @@ pub fn available(feed: &Feed, url: &Url, running: Version) -> AvailableUpdates {
             }
         })
         .collect();
-    let plan = plan_latest(&installed, &feed.entries, &[])
+    // Install all in order runs the base chain (one reboot per step); apps are
+    // installed one by one.
+    let plan = plan_latest(installed, &feed.entries, &[])
         .map(|p| {
             p.iter()
-                .take_while(|e| e.kind == Kind::Base)
+                .filter(|e| e.kind == Kind::Base)
                 .map(|e| e.version.to_string())
                 .collect()
         })
@@ -175,7 +175,7 @@ pub fn available(feed: &Feed, url: &Url, running: Version) -> AvailableUpdates {
         feed_url: url.to_string(),
         feed_created: feed.created.to_string(),
         feed_expires: feed.expires.to_string(),
-        installed: running.to_string(),
+        installed: running,
         entries,
         plan,
     }
@@ -386,7 +386,7 @@ impl Updater {
     pub async fn check(self: &Arc<Self>) -> Result<AvailableUpdates, UpdateError> {
         let _work = self.online().begin();
         let f = self.fetch_feed("check for updates").await?;
-        let a = available(&f.feed, &f.url, f.running);
+        let a = available(&f.feed, &f.url, &self.installed_components(f.running));
         tracing::info!(
             entries = a.entries.len(),
             plan = ?a.plan,
@@ -398,11 +398,21 @@ impl Updater {
         Ok(a)
     }
 
-    /// Downloads and installs base `version` from the feed; it must be installable
-    /// over the running version now.
+    /// Downloads and installs base `version` from the feed.
     pub async fn install_online(
         self: &Arc<Self>,
         version: &str,
+        reboot: bool,
+    ) -> Result<InstallAnswer, UpdateError> {
+        self.install_from_feed(version, None, reboot).await
+    }
+
+    /// Downloads and installs base (or app `app`) `version` from the feed; it must
+    /// be installable over what is installed now.
+    pub async fn install_from_feed(
+        self: &Arc<Self>,
+        version: &str,
+        app: Option<&str>,
         reboot: bool,
     ) -> Result<InstallAnswer, UpdateError> {
         let _work = self.online().begin();
@@ -418,18 +428,19 @@ impl Updater {
                 format!("version {version:?} is not x.y.z ({e})"),
             )
         })?;
+        let what = app.map_or_else(|| "Keel".to_string(), |a| format!("app {a}"));
         let f = self.fetch_feed("install").await?;
-        let a = available(&f.feed, &f.url, f.running);
+        let a = available(&f.feed, &f.url, &self.installed_components(f.running));
         *lock(&self.online().available) = Some(a.clone());
         let idx = f
             .feed
             .entries
             .iter()
-            .position(|e| e.kind == Kind::Base && e.version == wanted)
+            .position(|e| e.component() == app.unwrap_or("base") && e.version == wanted)
             .ok_or_else(|| {
                 err(
                     ErrorKind::Refused,
-                    format!("the feed lists no Keel {wanted}"),
+                    format!("the feed lists no {what} {wanted}"),
                 )
             })?;
         let entry = f.feed.entries[idx].clone();
@@ -444,7 +455,7 @@ impl Updater {
             });
             return Err(err(
                 ErrorKind::Refused,
-                format!("Keel {wanted} cannot be installed now: {why}"),
+                format!("{what} {wanted} cannot be installed now: {why}"),
             ));
         }
         self.download_install(&f, &entry, reboot).await
@@ -530,7 +541,7 @@ impl Updater {
     /// The chain *Install all in order* would run now, from a fresh check.
     pub(crate) async fn plan_now(self: &Arc<Self>) -> Result<Vec<String>, UpdateError> {
         let f = self.fetch_feed("install all").await?;
-        let a = available(&f.feed, &f.url, f.running);
+        let a = available(&f.feed, &f.url, &self.installed_components(f.running));
         *lock(&self.online().available) = Some(a.clone());
         Ok(a.plan)
     }
@@ -549,7 +560,7 @@ impl Updater {
             )
         })?;
         let id = crate::identity::appliance_id(&key);
-        let installed = Installed::new().with("base", running);
+        let installed = self.installed_components(running);
         let text = make_download_key(&key, &id, &installed, Timestamp::now())
             .map_err(|e| err(ErrorKind::Failed, format!("making the download key: {e}")))?;
         // Read back as the vendor will: what it says is what is shown.

@@ -14,7 +14,7 @@ use keel_api::{
     UpdateProgress, UpdateStatus, ROLLBACK_CONFIRMATION,
 };
 use keel_boot::{Esp, Slot};
-use keel_bundle::{check_installable, Installed, Kind, Timestamp, TrustedKeys, Verifier, Version};
+use keel_bundle::{check_installable, Kind, Timestamp, TrustedKeys, Verifier, Version};
 use tokio::sync::mpsc;
 
 use crate::slot::{write_and_read_back, SlotDevice, StreamError, StreamEvents};
@@ -29,6 +29,10 @@ pub const DRAIN_LIMIT: u64 = 1 << 30;
 pub const BOOT_REREAD: Duration = Duration::from_secs(5);
 /// How long the clock gate may take (keel-timed may measure first).
 pub const GATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Unmerge and merge again, by the unit that merges at boot (keel-update's own
+/// mount namespace would hide a merge it did itself).
+pub const SYSEXT_REFRESH: &str = "systemctl restart systemd-sysext.service";
 
 pub type RebootFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// Test hook: runs before each written range of the slot is read back.
@@ -60,6 +64,16 @@ pub struct Config {
     /// The image's CA roots (PEM bundle) for the feed server; a missing file
     /// leaves only the extra CA of the settings.
     pub ca_bundle: PathBuf,
+    /// App bundles' images and extension links (`apps.rs`).
+    pub apps_dir: PathBuf,
+    /// Where merged extensions show (`/usr`).
+    pub usr_dir: PathBuf,
+    /// Loop devices' backing files (`/sys/block`): which image is merged.
+    pub block_sysfs: Option<PathBuf>,
+    /// Reads an app image's extension-release before activation.
+    pub unsquashfs: String,
+    /// Merges the extension links again (systemd-sysext, in the host's namespace).
+    pub sysext_refresh: RebootFn,
 }
 
 impl Config {
@@ -79,6 +93,11 @@ impl Config {
             reboot: Arc::new(|| run_command("systemctl reboot --no-block")),
             before_read_back: None,
             ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
+            apps_dir: "/data/apps".into(),
+            usr_dir: "/usr".into(),
+            block_sysfs: Some("/sys/block".into()),
+            unsquashfs: "unsquashfs".into(),
+            sysext_refresh: Arc::new(|| run_command(SYSEXT_REFRESH)),
         }
     }
 
@@ -94,6 +113,14 @@ impl Config {
     /// The appliance identity key that signs download keys.
     pub fn identity_file(&self) -> PathBuf {
         self.state_dir.join("identity.secret")
+    }
+
+    pub fn merge_view(&self) -> crate::apps::MergeView<'_> {
+        crate::apps::MergeView {
+            usr: &self.usr_dir,
+            block_sysfs: self.block_sysfs.as_deref(),
+            unsquashfs: &self.unsquashfs,
+        }
     }
 
     pub fn slot_path(&self, slot: Slot) -> PathBuf {
@@ -511,6 +538,7 @@ impl Updater {
             last_outcome: st.last_outcome.clone(),
             rollback_to,
             chain: st.chain.clone(),
+            apps: self.apps_status(),
         }
     }
 
@@ -653,7 +681,10 @@ impl Updater {
                 }
             }
         };
+        // An app is active at once: nothing to reboot for.
+        let reboot = reboot && result.as_ref().is_ok_and(|a| a.app.is_none());
         match &result {
+            Ok(a) if a.app.is_some() => {}
             Ok(a) => {
                 tracing::info!(version = a.version, slot = a.slot, "installed; trial armed");
                 if reboot {
@@ -743,15 +774,17 @@ impl Updater {
             crate::online::check_announced(e, &m)?;
         }
         if m.kind == Kind::App {
-            return Err(refused(
-                "install refused: app bundles are not supported on this version yet".into(),
-            ));
+            let name = m.component().to_string();
+            let installed = self.installed_components(installed_version);
+            check_installable(&m, &installed, Timestamp::now(), self.app_space()?)
+                .map_err(|e| refused(format!("bundle refused: {e}")))?;
+            return self.install_app(bundle, &name);
         }
         let dev = SlotDevice::new(self.cfg.slot_path(target));
         let slot_size = dev
             .size()
             .map_err(|e| err(ErrorKind::Failed, format!("slot {target}: {e}")))?;
-        let installed = Installed::new().with("base", installed_version);
+        let installed = self.installed_components(installed_version);
         check_installable(&m, &installed, Timestamp::now(), slot_size)
             .map_err(|e| refused(format!("bundle refused: {e}")))?;
         dev.check_not_root()
@@ -1030,6 +1063,7 @@ impl Updater {
             version: version.to_string(),
             slot: target.as_str().into(),
             rebooting: false,
+            app: None,
         })
     }
 
@@ -1125,6 +1159,7 @@ impl Updater {
             version: to_version,
             slot: other.as_str().into(),
             rebooting: true,
+            app: None,
         })
     }
 }

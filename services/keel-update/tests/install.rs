@@ -323,11 +323,6 @@ async fn policy_refusals() {
             rig.bundle("0.2.0", &payload(SLOT_SIZE as usize + 1, 4)),
             "does not fit the target slot",
         ),
-        (
-            "app bundle",
-            build_bundle_bytes(&rig.key, &spec("1.0.0", Kind::App), &payload(SMALL, 4)).unwrap(),
-            "app bundles are not supported on this version yet",
-        ),
     ];
     for (name, bytes, expect) in cases {
         refused(

@@ -1,6 +1,7 @@
 //! keelctl: the appliance from the command line, through the services' local sockets.
 
 mod certs;
+mod failover;
 mod menu;
 mod net;
 mod netd_reload;
@@ -91,6 +92,9 @@ enum Command {
     /// Updates: status, install a bundle file, roll back; online settings, check,
     /// install from the feed, install all in order, the download key.
     Update(update::UpdateArgs),
+    /// Failover pair: show, establish, sync, become-primary, break, auto-takeover,
+    /// the inter-appliance key.
+    Failover(failover::FailoverArgs),
     /// Carry out power requests dropped by the console (run as root by a path unit).
     ApplyRequests {
         #[arg(long, default_value = keel_core::paths::REQUESTS_DIR)]
@@ -392,6 +396,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Time(args) => time::run(args).await?,
         Command::Net(args) => net::run(args).await?,
         Command::Update(args) => update::run(args).await?,
+        Command::Failover(args) => failover::run(args).await?,
         Command::ApplyRequests { dir } => apply_requests(&dir, &mut System)?,
         Command::NetdReload { dir, user } => netd_reload::run(netd_reload::Reload {
             dir,

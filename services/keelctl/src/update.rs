@@ -87,6 +87,9 @@ pub enum UpdateCommand {
     /// Download and install a version listed in the feed.
     InstallOnline {
         version: String,
+        /// The feed's app of that name instead of the base (no reboot needed).
+        #[arg(long)]
+        app: Option<String>,
         /// Reboot into it once written, verified and armed.
         #[arg(long)]
         reboot: bool,
@@ -237,7 +240,43 @@ pub fn render_status(s: &UpdateStatus) -> String {
         Some(v) => out.push_str(&format!("rollback:  possible, to {v}\n")),
         None => out.push_str("rollback:  no previous version\n"),
     }
+    for a in &s.apps {
+        let state = if a.active {
+            "active".to_owned()
+        } else {
+            format!("NOT active ({})", a.note.as_deref().unwrap_or("not merged"))
+        };
+        let prev = a
+            .previous
+            .as_ref()
+            .map(|p| format!(", {p} kept"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "app:       {} {} {state}{prev}\n",
+            a.name, a.version
+        ));
+    }
     out
+}
+
+/// What an install answer means, for the line keelctl prints.
+fn installed_line(a: &InstallAnswer) -> String {
+    match &a.app {
+        Some(app) => format!(
+            "installed app {app} {}; active (no reboot needed)",
+            a.version
+        ),
+        None => format!(
+            "installed {} into slot {}; {}",
+            a.version,
+            a.slot,
+            if a.rebooting {
+                "rebooting into it now"
+            } else {
+                "the next boot tries it (keelctl reboot)"
+            }
+        ),
+    }
 }
 
 /// A file as a request body, read as it is sent (with its size, so the request
@@ -346,16 +385,7 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            println!(
-                "installed {} into slot {}; {}",
-                answer.version,
-                answer.slot,
-                if answer.rebooting {
-                    "rebooting into it now"
-                } else {
-                    "the next boot tries it (keelctl reboot)"
-                }
-            );
+            println!("{}", installed_line(&answer));
         }
         UpdateCommand::Rollback { yes } => {
             if !yes {
@@ -437,24 +467,23 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
                 print!("{}", render_available(&a));
             }
         }
-        UpdateCommand::InstallOnline { version, reboot } => {
+        UpdateCommand::InstallOnline {
+            version,
+            app,
+            reboot,
+        } => {
             let a: InstallAnswer = update
                 .call(
                     "POST",
                     "/install-online",
-                    Some(&InstallOnlineRequest { version, reboot }),
+                    Some(&InstallOnlineRequest {
+                        version,
+                        app,
+                        reboot,
+                    }),
                 )
                 .await?;
-            println!(
-                "installed {} into slot {}; {}",
-                a.version,
-                a.slot,
-                if a.rebooting {
-                    "rebooting into it now"
-                } else {
-                    "the next boot tries it (keelctl reboot)"
-                }
-            );
+            println!("{}", installed_line(&a));
         }
         UpdateCommand::InstallAll { yes } => {
             if !yes {
@@ -526,8 +555,19 @@ mod tests {
                 message: Some("install all stopped at 0.3.0: download broke off".into()),
                 started_at: "2026-12-01T09:00:00Z".into(),
             }),
+            apps: vec![keel_api::AppInfo {
+                name: "demo".into(),
+                version: "1.0.0".into(),
+                active: false,
+                previous: None,
+                note: Some("not merged: no loop device".into()),
+            }],
         };
         let t = render_status(&s);
+        assert!(
+            t.ends_with("app:       demo 1.0.0 NOT active (not merged: no loop device)\n"),
+            "{t}"
+        );
         assert!(
             t.contains("install all: stopped, 1 of 2 steps (0.2.0 → 0.3.0)\n             install all stopped at 0.3.0"),
             "{t}"

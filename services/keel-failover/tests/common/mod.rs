@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_api::{FailoverRole, FailoverStatus};
+use keel_api::{FailoverOverview, FailoverRole, FailoverStatus};
 use nix::sched::CloneFlags;
 
 pub const SHARED4: &str = "10.77.0.100";
@@ -250,7 +250,26 @@ impl Pair {
     }
 
     pub fn start(&mut self, n: Node) {
-        self.spawn(n, &[]);
+        self.spawn(n, &[], self.config(n), &[]);
+    }
+
+    /// This node's data directory.
+    pub fn data(&self, n: Node) -> PathBuf {
+        self.dir.path().join(format!("data-{}", n.id()))
+    }
+
+    /// Starts the daemon with no relationship (its config.json in its data
+    /// directory, absent at first) and the pairing port on its own address.
+    pub fn start_unpaired(&mut self, n: Node, extra: &[&str]) {
+        self.start_unpaired_at(n, self.data(n).join("config.json"), extra);
+    }
+
+    /// `start_unpaired` with the relationship kept at `config`.
+    pub fn start_unpaired_at(&mut self, n: Node, config: PathBuf, extra: &[&str]) {
+        let listen = format!("{}:7947", n.addr());
+        let mut args = vec!["--pair-listen", &listen];
+        args.extend_from_slice(extra);
+        self.spawn(n, &[], config, &args);
     }
 
     /// Starts the daemon as `nobody` with CAP_NET_ADMIN and CAP_NET_RAW only (what
@@ -271,37 +290,27 @@ impl Pair {
                 "--ambient-caps=+net_admin,+net_raw",
                 "--bounding-set=-all,+net_admin,+net_raw",
             ],
+            self.config(n),
+            &[],
         );
     }
 
-    fn spawn(&mut self, n: Node, wrapper: &[&str]) {
+    fn spawn(&mut self, n: Node, wrapper: &[&str], config: PathBuf, extra: &[&str]) {
         let _ = std::fs::remove_file(self.socket(n));
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log(n))
-            .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.ns(n)])
-            .args(wrapper)
-            .arg(env!("CARGO_BIN_EXE_keel-failover"))
-            .arg("--config")
-            .arg(self.config(n))
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("data-{}", n.id())))
-            .arg("--socket")
-            .arg(self.socket(n))
-            .env("KEEL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = launch(
+            self.ns(n),
+            wrapper,
+            &config,
+            &self.data(n),
+            &self.socket(n),
+            extra,
+            &self.log(n),
+        );
         self.daemons[n.idx()] = Some(child);
         wait_for(
             "daemon answers on its socket",
             Duration::from_secs(20),
-            || self.try_status(n),
+            || self.try_overview(n),
         );
     }
 
@@ -383,10 +392,20 @@ impl Pair {
         }
     }
 
-    pub fn try_status(&self, n: Node) -> Option<FailoverStatus> {
+    pub fn try_overview(&self, n: Node) -> Option<FailoverOverview> {
         let client = keel_core::local_api::Client::new(self.socket(n));
-        rt().block_on(client.call::<(), FailoverStatus>("GET", "/status", None))
+        rt().block_on(client.call::<(), FailoverOverview>("GET", "/status", None))
             .ok()
+    }
+
+    pub fn overview(&self, n: Node) -> FailoverOverview {
+        self.try_overview(n)
+            .unwrap_or_else(|| panic!("no status from {}: log:\n{}", n.id(), self.log_text(n)))
+    }
+
+    /// The engine's view; `None` also while the node is unpaired.
+    pub fn try_status(&self, n: Node) -> Option<FailoverStatus> {
+        self.try_overview(n)?.engine
     }
 
     pub fn status(&self, n: Node) -> FailoverStatus {
@@ -394,9 +413,24 @@ impl Pair {
             .unwrap_or_else(|| panic!("no status from {}: log:\n{}", n.id(), self.log_text(n)))
     }
 
+    /// A POST answered with the overview; the engine's part of it.
     pub fn post(&self, n: Node, path: &str, body: Option<&serde_json::Value>) -> FailoverStatus {
         let client = keel_core::local_api::Client::new(self.socket(n));
-        rt().block_on(client.call("POST", path, body)).unwrap()
+        let o: FailoverOverview = rt().block_on(client.call("POST", path, body)).unwrap();
+        o.engine.expect("an engine")
+    }
+
+    /// Any local API request, the answer as JSON or the error's text.
+    pub fn call(
+        &self,
+        n: Node,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let client = keel_core::local_api::Client::new(self.socket(n));
+        rt().block_on(client.call(method, path, body))
+            .map_err(|e| e.to_string())
     }
 
     pub fn log_text(&self, n: Node) -> String {
@@ -486,6 +520,36 @@ impl Pair {
         .join()
         .unwrap();
     }
+}
+
+/// Starts the built daemon in namespace `ns` (output appended to `log`).
+pub fn launch(
+    ns: &str,
+    wrapper: &[&str],
+    config: &Path,
+    data: &Path,
+    socket: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> Child {
+    let log = File::options().create(true).append(true).open(log).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(wrapper)
+        .arg(env!("CARGO_BIN_EXE_keel-failover"))
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .env("KEEL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Pair {

@@ -97,6 +97,11 @@ impl Rig {
         cfg.boot_state_file = Some(p.join("run/boot/state.json"));
         cfg.timed_socket = None;
         cfg.boot_id_file = p.join("boot_id");
+        // App bundles below the temp dir; nothing merges unless a test says how.
+        cfg.apps_dir = p.join("data/apps");
+        cfg.usr_dir = p.join("usr");
+        cfg.block_sysfs = Some(p.join("sys/block"));
+        cfg.sysext_refresh = Arc::new(|| Ok(()));
         let r = reboots.clone();
         cfg.reboot = Arc::new(move || {
             r.fetch_add(1, Ordering::SeqCst);

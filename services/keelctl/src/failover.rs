@@ -1,0 +1,409 @@
+//! `keelctl failover ...`: the pair through keel-failover's local socket: show,
+//! establish, sync, become-primary, break, auto-takeover, and the inter-appliance
+//! key (`psk show|set|generate`; `set` reads the key from stdin or
+//! `KEEL_FAILOVER_PSK`, never from the command line, where other users could see it).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use keel_api::{
+    AutoTakeoverRequest, EstablishRequest, FailoverOverview, NetState, PskBody, SyncReport,
+};
+use keel_core::local_api::Client;
+
+/// Where `psk set` takes the key from when standard input is not used.
+pub const PSK_ENV: &str = "KEEL_FAILOVER_PSK";
+
+#[derive(clap::Args)]
+pub struct FailoverArgs {
+    /// keel-failover's local API socket.
+    #[arg(
+        long,
+        env = "KEEL_FAILOVER_SOCKET",
+        default_value = "/run/keel/failover/api.sock"
+    )]
+    socket: PathBuf,
+    /// keel-netd's local API socket (establish without --shared reads the shared
+    /// addresses from netd's configuration).
+    #[arg(
+        long,
+        env = "KEEL_NETD_SOCKET",
+        default_value = "/run/keel/netd/api.sock"
+    )]
+    netd_socket: PathBuf,
+    #[command(subcommand)]
+    command: FailoverCommand,
+}
+
+#[derive(Subcommand)]
+pub enum FailoverCommand {
+    /// Role, term, shared addresses, the peer, heartbeat counters, the last sync.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pair with another node, run on the one that becomes the primary. Both must
+    /// hold the same inter-appliance key (`keelctl failover psk`).
+    Establish {
+        /// The peer's pairing endpoint as this node reaches it: IP:PORT ([v6]:PORT).
+        #[arg(long)]
+        peer: String,
+        /// This node's pairing endpoint as the peer reaches it back: IP:PORT.
+        #[arg(long)]
+        reverse: String,
+        /// A shared address (CIDR); repeat for more. Default: the addresses netd's
+        /// configuration marks shared.
+        #[arg(long = "shared", value_name = "CIDR")]
+        shared: Vec<String>,
+        /// The interface that carries them. Default: the one netd marks them on.
+        #[arg(long)]
+        interface: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Primary: send the configuration to the backup now.
+    Sync {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take the shared addresses now (the peer steps down).
+    BecomePrimary {
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the relationship; this node keeps its configuration.
+    Break {
+        /// Confirms it (pairing again needs establish and the shared key).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch automatic takeover on or off.
+    AutoTakeover {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The inter-appliance key: both nodes must hold the same one.
+    Psk {
+        #[command(subcommand)]
+        command: PskCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PskCommand {
+    /// Print this node's key (base64).
+    Show,
+    /// Replace the key: read from KEEL_FAILOVER_PSK if set, else from standard input.
+    Set,
+    /// Make a new random key and print it (copy it to the other node).
+    Generate,
+}
+
+pub fn render_overview(o: &FailoverOverview) -> String {
+    let mut out = String::new();
+    match &o.engine {
+        Some(e) => {
+            out.push_str(&format!(
+                "node:      {} ({}, term {})\nshared:    {} on {} ({})\nauto:      takeover {}\n",
+                e.node_id,
+                e.role,
+                e.term,
+                e.shared_addresses.join(" "),
+                e.interface,
+                if e.holding {
+                    "held here"
+                } else {
+                    "not held here"
+                },
+                if e.auto_takeover { "on" } else { "off" },
+            ));
+        }
+        None if o.peer.is_some() => {
+            out.push_str("pair:      established, takeover engine not running\n")
+        }
+        None => out.push_str("pair:      none (this appliance stands alone)\n"),
+    }
+    out.push_str(&format!(
+        "pairing:   port {} (TLS), fingerprint {}\n",
+        o.pair_port, o.fingerprint
+    ));
+    if let Some(p) = &o.peer {
+        out.push_str(&format!(
+            "peer:      {} at {}, Keel {}\npinned:    {}\n",
+            p.node_id, p.address, p.version, p.fingerprint
+        ));
+    }
+    if let Some(e) = &o.engine {
+        let seen = e
+            .peer_last_seen_ms
+            .map(|ms| format!("{ms} ms ago"))
+            .unwrap_or_else(|| "no heartbeat yet".into());
+        out.push_str(&format!("heard:     {seen}\n"));
+        let c = &e.counters;
+        out.push_str(&format!(
+            "heartbeats: sent {} (errors {}), received {}; dropped: truncated {}, wrong \
+             version {}, bad MAC {}, replayed {}\ntakeovers: {}, step-downs {}, held off {}, \
+             isolated {}\n",
+            c.sent,
+            c.send_errors,
+            c.received,
+            c.truncated,
+            c.wrong_version,
+            c.bad_mac,
+            c.replayed,
+            c.takeovers,
+            c.step_downs,
+            c.held_off_address_answered,
+            c.isolated
+        ));
+    }
+    if let Some(s) = &o.last_sync {
+        out.push_str(&render_sync(s));
+    }
+    out
+}
+
+pub fn render_sync(s: &SyncReport) -> String {
+    let mut out = format!(
+        "sync:      {} {} {}\n",
+        s.direction,
+        s.at,
+        if s.ok { "ok" } else { "FAILED" }
+    );
+    if let Some(e) = &s.error {
+        out.push_str(&format!("           {e}\n"));
+    }
+    for i in &s.items {
+        out.push_str(&format!("           {i}\n"));
+    }
+    out
+}
+
+/// The key `psk set` sends: the variable when set, else standard input; surrounding
+/// whitespace (the newline of `echo` or a paste) is not part of it.
+fn read_psk(env: Option<String>, stdin: &mut dyn Read) -> anyhow::Result<String> {
+    let raw = match env {
+        Some(v) => v,
+        None => {
+            let mut s = String::new();
+            stdin
+                .read_to_string(&mut s)
+                .context("reading the key from standard input")?;
+            s
+        }
+    };
+    let key = raw.trim().to_owned();
+    if key.is_empty() {
+        bail!("no key given: pipe it to standard input or set {PSK_ENV}");
+    }
+    Ok(key)
+}
+
+/// The shared addresses and their interface from netd's configuration.
+async fn netd_shared(netd: &Client) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    let s: NetState = netd
+        .call::<(), _>("GET", "/state", None)
+        .await
+        .context("reading the shared addresses from keel-netd (or give --shared)")?;
+    let marked: Vec<_> = s
+        .running
+        .interfaces
+        .iter()
+        .filter_map(|i| i.shared_address.map(|a| (i.name.clone(), a.to_string())))
+        .collect();
+    if marked.is_empty() {
+        bail!(
+            "no address is marked shared in the network configuration: give --shared CIDR \
+             (and --interface), or mark one (keelctl net)"
+        );
+    }
+    let interface = marked.first().map(|(i, _)| i.clone());
+    Ok((marked.into_iter().map(|(_, a)| a).collect(), interface))
+}
+
+fn print<T: serde::Serialize>(
+    json: bool,
+    v: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{}", text(v));
+    }
+    Ok(())
+}
+
+pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
+    let failover = Client::new(&args.socket);
+    match args.command {
+        FailoverCommand::Show { json } => {
+            let o: FailoverOverview = failover.call::<(), _>("GET", "/status", None).await?;
+            print(json, &o, render_overview)?;
+        }
+        FailoverCommand::Establish {
+            peer,
+            reverse,
+            shared,
+            interface,
+            json,
+        } => {
+            let (shared_addresses, interface) = if shared.is_empty() {
+                let (s, i) = netd_shared(&Client::new(&args.netd_socket)).await?;
+                (s, interface.or(i))
+            } else {
+                (shared, interface)
+            };
+            let Some(interface) = interface else {
+                bail!("--interface is needed with --shared");
+            };
+            let req = EstablishRequest {
+                peer,
+                reverse,
+                shared_addresses,
+                interface,
+            };
+            let o: FailoverOverview = failover.call("POST", "/establish", Some(&req)).await?;
+            print(json, &o, render_overview)?;
+        }
+        FailoverCommand::Sync { json } => {
+            let r: SyncReport = failover.call::<(), _>("POST", "/sync", None).await?;
+            print(json, &r, render_sync)?;
+            if !r.ok {
+                bail!("sync failed");
+            }
+        }
+        FailoverCommand::BecomePrimary { json } => {
+            let o: FailoverOverview = failover
+                .call::<(), _>("POST", "/become-primary", None)
+                .await?;
+            print(json, &o, render_overview)?;
+        }
+        FailoverCommand::Break { yes, json } => {
+            if !yes {
+                bail!(
+                    "breaking ends the pair: both nodes stop watching each other and pairing \
+                     again needs establish; run again with --yes to confirm"
+                );
+            }
+            let o: FailoverOverview = failover.call::<(), _>("POST", "/break", None).await?;
+            print(json, &o, render_overview)?;
+        }
+        FailoverCommand::AutoTakeover { state, json } => {
+            let req = AutoTakeoverRequest {
+                enabled: state == "on",
+            };
+            let o: FailoverOverview = failover.call("POST", "/auto-takeover", Some(&req)).await?;
+            print(json, &o, render_overview)?;
+        }
+        FailoverCommand::Psk { command } => {
+            let b: PskBody = match command {
+                PskCommand::Show => failover.call::<(), _>("GET", "/psk", None).await?,
+                PskCommand::Set => {
+                    let psk = read_psk(std::env::var(PSK_ENV).ok(), &mut std::io::stdin())?;
+                    failover.call("PUT", "/psk", Some(&PskBody { psk })).await?
+                }
+                PskCommand::Generate => {
+                    let b = failover
+                        .call::<(), _>("POST", "/psk/generate", None)
+                        .await?;
+                    eprintln!("new key made: set the same key on the other node");
+                    b
+                }
+            };
+            println!("{}", b.psk);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::{FailoverCounters, FailoverPeer, FailoverRole, FailoverStatus};
+
+    fn unpaired() -> FailoverOverview {
+        FailoverOverview {
+            pair_port: 7947,
+            fingerprint: "ab".repeat(32),
+            peer: None,
+            engine: None,
+            last_sync: None,
+        }
+    }
+
+    #[test]
+    fn shows_an_unpaired_node() {
+        let text = render_overview(&unpaired());
+        assert!(text.contains("pair:      none"), "{text}");
+        assert!(text.contains("port 7947"), "{text}");
+        assert!(!text.contains("peer:"), "{text}");
+    }
+
+    #[test]
+    fn shows_a_backup_with_its_peer_counters_and_failed_sync() {
+        let mut o = unpaired();
+        o.peer = Some(FailoverPeer {
+            node_id: "a".into(),
+            address: "192.0.2.10:7947".into(),
+            version: "0.3.0".into(),
+            fingerprint: "cd".repeat(32),
+        });
+        o.engine = Some(FailoverStatus {
+            node_id: "b".into(),
+            role: FailoverRole::Backup,
+            term: 4,
+            holding: false,
+            auto_takeover: true,
+            interface: "eth0".into(),
+            shared_addresses: vec!["192.0.2.100/24".into()],
+            peer_last_seen_ms: Some(12),
+            peer_term: Some(4),
+            peer_holding: Some(true),
+            counters: FailoverCounters {
+                received: 90,
+                bad_mac: 3,
+                ..FailoverCounters::default()
+            },
+        });
+        o.last_sync = Some(SyncReport {
+            at: "2026-12-01T10:00:00Z".into(),
+            direction: "received".into(),
+            ok: false,
+            items: vec![],
+            error: Some("signature did not verify".into()),
+        });
+        let text = render_overview(&o);
+        for want in [
+            "node:      b (backup, term 4)",
+            "192.0.2.100/24 on eth0 (not held here)",
+            "peer:      a at 192.0.2.10:7947, Keel 0.3.0",
+            "heard:     12 ms ago",
+            "received 90",
+            "bad MAC 3",
+            "sync:      received 2026-12-01T10:00:00Z FAILED",
+            "signature did not verify",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_key_comes_from_the_variable_before_stdin_and_is_trimmed() {
+        let mut stdin: &[u8] = b"from-stdin\n";
+        assert_eq!(
+            read_psk(Some(" from-env\n".into()), &mut stdin).unwrap(),
+            "from-env"
+        );
+        assert_eq!(read_psk(None, &mut stdin).unwrap(), "from-stdin");
+        let mut empty: &[u8] = b"\n";
+        let err = read_psk(None, &mut empty).unwrap_err().to_string();
+        assert!(err.contains(PSK_ENV), "{err}");
+    }
+}

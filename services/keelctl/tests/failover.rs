@@ -1,0 +1,214 @@
+//! `keelctl failover` against the real keel-failover, started unpaired in a
+//! temporary directory: show, the key (set from stdin and from the environment,
+//! refused when too short), establish refused with keel-failover's reason,
+//! break without --yes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The keel-failover binary of this workspace, built first.
+fn keel_failover_bin() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "keel-failover",
+            "--bin",
+            "keel-failover",
+        ])
+        .status()
+        .expect("cargo build keel-failover");
+    assert!(st.success(), "building keel-failover failed");
+    // target/debug/deps/failover-... → target/debug/keel-failover
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("keel-failover")
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// keel-failover with no relationship, its pairing port on loopback.
+fn start(dir: &Path) -> Daemon {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let mut d = Daemon(
+        Command::new(keel_failover_bin())
+            .arg("--config")
+            .arg(dir.join("config.json"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--socket")
+            .arg(dir.join("api.sock"))
+            .arg("--pair-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--sync-root")
+            .arg(dir.join("root"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = d.0.try_wait().unwrap() {
+            panic!(
+                "keel-failover exited ({st}): {}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+        }
+        if dir.join("api.sock").exists()
+            && keelctl(dir, &["failover", "show"], None, None)
+                .status
+                .success()
+        {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel-failover did not answer within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn keelctl(dir: &Path, args: &[&str], stdin: Option<&str>, env_psk: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelctl"));
+    cmd.arg("failover")
+        .arg("--socket")
+        .arg(dir.join("api.sock"))
+        .arg("--netd-socket")
+        .arg(dir.join("no-netd.sock"))
+        .args(&args[1..])
+        .env_remove("KEEL_FAILOVER_PSK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(v) = env_psk {
+        cmd.env("KEEL_FAILOVER_PSK", v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn failover_commands_against_keel_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _daemon = start(d);
+
+    let o = keelctl(d, &["failover", "show"], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("pair:      none"), "{}", text(&o));
+    let o = keelctl(d, &["failover", "show", "--json"], None, None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["peer"].is_null() && v["fingerprint"].as_str().unwrap().len() == 64,
+        "{v}"
+    );
+
+    // The key from stdin, then from the environment; shown back by `psk show`.
+    let a = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 × 'A'
+    let o = keelctl(
+        d,
+        &["failover", "psk", "set"],
+        Some(&format!("{a}\n")),
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = keelctl(d, &["failover", "psk", "show"], None, None);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), a);
+    let b = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="; // 32 × 'B'
+    let o = keelctl(d, &["failover", "psk", "set"], Some("ignored"), Some(b));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = keelctl(d, &["failover", "psk", "show"], None, None);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), b);
+
+    // Too short: refused with the reason, the stored key kept.
+    let o = keelctl(d, &["failover", "psk", "set"], Some("c2hvcnQ="), None);
+    assert!(!o.status.success());
+    assert!(!text(&o).trim().is_empty());
+    let o = keelctl(d, &["failover", "psk", "show"], None, None);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), b);
+
+    let o = keelctl(d, &["failover", "psk", "generate"], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    let made = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(!made.is_empty() && made != b);
+
+    // Establish with a malformed peer address: keel-failover's reason, non-zero.
+    let o = keelctl(
+        d,
+        &[
+            "failover",
+            "establish",
+            "--peer",
+            "10.0.0.300:7947",
+            "--reverse",
+            "127.0.0.1:7947",
+            "--shared",
+            "192.0.2.100/24",
+            "--interface",
+            "lo",
+        ],
+        None,
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("10.0.0.300"), "{}", text(&o));
+    // Without --shared the addresses come from netd; no netd here says so.
+    let o = keelctl(
+        d,
+        &[
+            "failover",
+            "establish",
+            "--peer",
+            "127.0.0.1:9",
+            "--reverse",
+            "127.0.0.1:9",
+        ],
+        None,
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("keel-netd"), "{}", text(&o));
+
+    let o = keelctl(d, &["failover", "break"], None, None);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--yes"), "{}", text(&o));
+    let o = keelctl(d, &["failover", "show", "--json"], None, None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["peer"].is_null(), "{v}");
+}
