@@ -94,17 +94,18 @@ pub fn bind_for(path: &Path, group: Option<&str>) -> Result<UnixListener, LocalA
     Ok(listener)
 }
 
-/// The listening socket systemd passed (socket activation: `LISTEN_PID` is this
-/// process, `LISTEN_FDS=1`, the socket is fd 3), or `None` when it passed none
-/// (started by hand, or `LISTEN_PID` names another process). The descriptor is
-/// made close-on-exec and non-blocking; `LISTEN_PID`, `LISTEN_FDS` and
-/// `LISTEN_FDNAMES` are removed from the environment either way, so the socket is
-/// taken once and a child never mistakes it for its own.
+/// What systemd passed (socket activation: `LISTEN_PID` is this process, the
+/// sockets are fd 3 onwards, `LISTEN_FDS` of them): each a listening Unix or TCP
+/// stream socket, in the order of the socket unit's `Listen*=` lines, made
+/// close-on-exec and non-blocking. Empty when nothing was passed (started by
+/// hand, or `LISTEN_PID` names another process). `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` are removed from the environment either way, so the sockets
+/// are taken once and a child never mistakes them for its own.
 ///
-/// More than one socket, or fd 3 not a listening Unix stream socket, is an error
-/// (the unit is wrong). Call it inside the tokio runtime (the listener registers
-/// with it) and before other threads start: it changes the environment.
-pub fn inherited_listener() -> Result<Option<UnixListener>, LocalApiError> {
+/// A descriptor that is not a listening stream socket is an error (the unit is
+/// wrong). Call it inside the tokio runtime (the listeners register with it) and
+/// before other threads start: it changes the environment.
+pub fn inherited_sockets() -> Result<Vec<Inherited>, LocalApiError> {
     use nix::sys::socket::{
         getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
     };
@@ -116,33 +117,73 @@ pub fn inherited_listener() -> Result<Option<UnixListener>, LocalApiError> {
     let fds = sd_notify::listen_fds().map(|fds| fds.collect::<Vec<_>>());
     std::env::remove_var("LISTEN_FDNAMES");
     let fds = fds.map_err(err)?;
-    let fd = match fds.as_slice() {
-        [] => return Ok(None),
-        [fd] => *fd,
-        more => {
+    // Every descriptor is checked before any is owned: on a wrong unit (or a
+    // wrong LISTEN_FDS naming descriptors this process uses otherwise) nothing
+    // is closed that is not ours.
+    let mut families = Vec::with_capacity(fds.len());
+    for &fd in &fds {
+        // SAFETY: only borrowed for the checks below; fd is not closed here.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let sys = |e: nix::Error| err(std::io::Error::from(e));
+        let stream = getsockopt(&borrowed, sockopt::SockType).map_err(sys)? == SockType::Stream;
+        let listening = getsockopt(&borrowed, sockopt::AcceptConn).map_err(sys)?;
+        if !(stream && listening) {
             return Err(invalid(format!(
-                "{} sockets passed, one expected",
-                more.len()
-            )))
+                "fd {fd} is not a listening stream socket (ListenStream=)"
+            )));
         }
-    };
-    // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is ours)
-    // and nothing else in it knows the number: the variables naming it are gone, so
-    // it is owned here exactly once.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sys = |e: nix::Error| err(std::io::Error::from(e));
-    let stream = getsockopt(&owned, sockopt::SockType).map_err(sys)? == SockType::Stream;
-    let unix =
-        getsockname::<SockaddrStorage>(fd).map_err(sys)?.family() == Some(AddressFamily::Unix);
-    let listening = getsockopt(&owned, sockopt::AcceptConn).map_err(sys)?;
-    if !(stream && unix && listening) {
-        return Err(invalid(format!(
-            "fd {fd} is not a listening Unix stream socket (ListenStream= with a path)"
-        )));
+        match getsockname::<SockaddrStorage>(fd).map_err(sys)?.family() {
+            Some(f @ (AddressFamily::Unix | AddressFamily::Inet | AddressFamily::Inet6)) => {
+                families.push(f)
+            }
+            other => return Err(invalid(format!("fd {fd}: socket family {other:?}"))),
+        }
     }
-    let listener = std::os::unix::net::UnixListener::from(owned);
-    listener.set_nonblocking(true).map_err(err)?;
-    UnixListener::from_std(listener).map(Some).map_err(err)
+    let mut out = Vec::with_capacity(fds.len());
+    for (fd, family) in fds.into_iter().zip(families) {
+        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is
+        // ours) and nothing else in it knows the number: the variables naming it
+        // are gone, so it is owned here exactly once.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        out.push(if family == AddressFamily::Unix {
+            let l = std::os::unix::net::UnixListener::from(owned);
+            l.set_nonblocking(true).map_err(err)?;
+            Inherited::Unix(UnixListener::from_std(l).map_err(err)?)
+        } else {
+            let l = std::net::TcpListener::from(owned);
+            l.set_nonblocking(true).map_err(err)?;
+            Inherited::Tcp(tokio::net::TcpListener::from_std(l).map_err(err)?)
+        });
+    }
+    Ok(out)
+}
+
+/// One socket passed by systemd.
+#[derive(Debug)]
+pub enum Inherited {
+    Unix(UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// The one listening Unix socket systemd passed (`LISTEN_FDS=1`), or `None` when
+/// it passed none; see [`inherited_sockets`]. More than one socket, or not a
+/// Unix one, is an error (the unit is wrong).
+pub fn inherited_listener() -> Result<Option<UnixListener>, LocalApiError> {
+    let invalid = |m: String| LocalApiError::Inherited {
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, m),
+    };
+    let mut sockets = inherited_sockets()?;
+    match (sockets.pop(), sockets.len()) {
+        (None, _) => Ok(None),
+        (Some(Inherited::Unix(l)), 0) => Ok(Some(l)),
+        (Some(Inherited::Tcp(_)), 0) => Err(invalid(
+            "fd 3 is not a listening Unix stream socket (ListenStream= with a path)".into(),
+        )),
+        (Some(_), more) => Err(invalid(format!(
+            "{} sockets passed, one expected",
+            more + 1
+        ))),
+    }
 }
 
 /// Serves `router` on a bound Unix listener until the task is dropped.

@@ -9,6 +9,14 @@ pub fn ready() {
     }
 }
 
+/// Tells systemd the service is stopping by itself (an idle exit), so a
+/// connection to its socket meanwhile starts a new instance.
+pub fn stopping() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]) {
+        tracing::warn!("sd_notify STOPPING failed: {e}");
+    }
+}
+
 /// Spawns a task that pets the systemd watchdog at half its interval, if one is set.
 pub fn spawn_watchdog() {
     let mut usec = 0u64;

@@ -56,6 +56,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/break", post(break_relationship))
         .route("/auto-takeover", post(auto_takeover))
         .route("/dns", get(dns).put(set_dns))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), busy))
         .with_state(daemon)
 }
 
@@ -110,4 +111,14 @@ async fn dns(State(d): State<Arc<Daemon>>) -> Answer<DnsConfig> {
 
 async fn set_dns(State(d): State<Arc<Daemon>>, Json(req): Json<DnsConfig>) -> Answer<DnsConfig> {
     d.set_dns(req).await.map(Json).map_err(fail)
+}
+
+/// Every request counts as activity: an unpaired daemon does not exit under it.
+async fn busy(
+    State(d): State<Arc<Daemon>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let _busy = d.in_flight();
+    next.run(req).await
 }

@@ -100,6 +100,19 @@ pub struct Daemon {
     /// One administrative change at a time (establish, break, become-primary, sync).
     ops: tokio::sync::Mutex<()>,
     inner: tokio::sync::Mutex<Inner>,
+    /// Requests and pairing connections in flight, and when the last one ended.
+    activity: Mutex<(usize, tokio::time::Instant)>,
+}
+
+/// A request or pairing connection being served: the daemon is not idle.
+pub struct InFlight(Arc<Daemon>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut a = self.0.activity.lock().expect("activity lock");
+        a.0 -= 1;
+        a.1 = tokio::time::Instant::now();
+    }
 }
 
 /// An answer of the local API with what the caller should know besides it.
@@ -204,6 +217,7 @@ impl Daemon {
             identity,
             tls,
             ops: tokio::sync::Mutex::new(()),
+            activity: Mutex::new((0, tokio::time::Instant::now())),
             inner: tokio::sync::Mutex::new(Inner {
                 last_sync,
                 ..Inner::default()
@@ -217,6 +231,28 @@ impl Daemon {
             }
         }
         Ok(daemon)
+    }
+
+    /// Marks a request or connection in flight until the guard drops.
+    pub fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.activity.lock().expect("activity lock").0 += 1;
+        InFlight(self.clone())
+    }
+
+    /// How long nothing has happened, when this daemon has nothing to keep
+    /// running for: no relationship, no addresses kept after a break, no engine,
+    /// no change, request or pairing connection in progress. `None` otherwise.
+    /// An unpaired, socket-activated daemon exits after `--idle-exit` of it.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.opts.config.exists() || self.kept_path().exists() || self.ops.try_lock().is_err() {
+            return None;
+        }
+        let inner = self.inner.try_lock().ok()?;
+        if inner.engine.is_some() {
+            return None;
+        }
+        let a = self.activity.lock().expect("activity lock");
+        (a.0 == 0).then(|| a.1.elapsed())
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -911,7 +947,9 @@ impl Daemon {
                 continue;
             };
             let me = self.clone();
+            let busy = self.in_flight();
             tokio::spawn(async move {
+                let _busy = busy;
                 if let Err(e) = me.serve_one(tcp).await {
                     tracing::warn!(%from, "pairing connection: {e}");
                 }

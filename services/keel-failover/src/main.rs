@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use keel_core::local_api::Inherited;
 use keel_failover::config::{read_psk, Config};
 use keel_failover::daemon::{Daemon, Options};
 use keel_failover::sync::{SyncBackend, SyncPaths};
@@ -38,6 +39,11 @@ struct Args {
     /// Config sync through the root sync agent on this socket (the image).
     #[arg(long, value_name = "SOCKET")]
     sync_agent: Option<PathBuf>,
+    /// Exit (status 0) after this many seconds with nothing to do while unpaired
+    /// (no relationship, no kept addresses, no request): the socket unit starts
+    /// it again at the next connection. 0: never.
+    #[arg(long, default_value_t = 0)]
+    idle_exit: u64,
     /// Pairing protocol announced (tests provoke an incompatible peer with it).
     #[arg(long, hide = true, default_value_t = keel_failover::pair::PROTOCOL)]
     pair_protocol: u32,
@@ -93,18 +99,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(socket)) => Some(SyncBackend::Agent(socket)),
         (None, None) => None,
     };
+    // First, on one thread yet: it takes LISTEN_FDS out of the environment.
+    // keel-failover.socket passes the local API socket and the pairing port.
+    let (mut api_socket, mut pair_socket) = (None, None);
+    for s in keel_core::local_api::inherited_sockets()? {
+        match s {
+            Inherited::Unix(l) => api_socket = Some(l),
+            Inherited::Tcp(l) => pair_socket = Some(l),
+        }
+    }
+    let activated = api_socket.is_some() || pair_socket.is_some();
+    if args.idle_exit > 0 && !activated {
+        tracing::warn!("--idle-exit without socket activation: nothing starts keel-failover again");
+    }
+    let pair_listen = pair_socket
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(args.pair_listen);
     let daemon = Daemon::start(Options {
         config: args.config,
         data_dir: args.data_dir,
-        pair_listen: args.pair_listen,
+        pair_listen,
         protocol: args.pair_protocol,
         sync,
     })
     .await?;
-    let pairing = tokio::net::TcpListener::bind(args.pair_listen)
-        .await
-        .with_context(|| format!("pairing port {}", args.pair_listen))?;
-    let listener = keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?;
+    let pairing = match pair_socket {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(pair_listen)
+            .await
+            .with_context(|| format!("pairing port {pair_listen}"))?,
+    };
+    let listener = match api_socket {
+        Some(l) => l,
+        None => keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?,
+    };
     tokio::spawn(keel_core::local_api::serve(
         listener,
         keel_failover::api::router(daemon.clone()),
@@ -113,10 +142,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(daemon.clone().sync_loop());
     tracing::info!(
         fingerprint = daemon.fingerprint(),
-        pair = %args.pair_listen,
+        pair = %pair_listen,
+        activated,
         "ready"
     );
-    keel_core::notify::ready_until_stopped().await?;
+    let idle = async {
+        if args.idle_exit == 0 || !activated {
+            return std::future::pending().await;
+        }
+        let limit = std::time::Duration::from_secs(args.idle_exit);
+        loop {
+            tokio::time::sleep(limit.min(std::time::Duration::from_secs(5))).await;
+            if daemon.idle_for().is_some_and(|d| d >= limit) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        stopped = keel_core::notify::ready_until_stopped() => stopped?,
+        () = idle => {
+            // Connections arriving from now on wait in the sockets' queues, which
+            // systemd keeps; the next process answers them.
+            keel_core::notify::stopping();
+            tracing::info!("unpaired and idle: exiting until the next connection");
+        }
+    }
     // A stopped engine no longer answers heartbeats: it must not keep serving
     // the addresses either (the peer takes over after its window). Under
     // systemd ExecStopPost= does the same, also after a crash.

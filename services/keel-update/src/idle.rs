@@ -199,9 +199,7 @@ pub async fn serve(
             "idle for {} s: exiting (systemd starts keel-update again at the next connection)",
             idle.as_secs_f64()
         );
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]) {
-            tracing::warn!("sd_notify STOPPING failed: {e}");
-        }
+        keel_core::notify::stopping();
     };
     axum::serve(Tracked::new(listener, activity), router)
         .with_graceful_shutdown(idle_now)
