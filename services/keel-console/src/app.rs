@@ -30,6 +30,9 @@ pub struct AppState {
     /// The certificate store serving this console, set once by
     /// `certs::CertsState::new` (weak: the store's state holds this state).
     pub certs: std::sync::OnceLock<std::sync::Weak<crate::certs::CertsState>>,
+    pub tokens: crate::tokens::Tokens,
+    pub audit: crate::audit::AuditLog,
+    pub access: crate::access::Access,
 }
 
 pub type Shared = Arc<AppState>;
@@ -98,7 +101,15 @@ impl AppState {
         self.certs.get().and_then(std::sync::Weak::upgrade)
     }
 
+    /// The session behind a request: an API token when it carries
+    /// `Authorization: Bearer` (then cookies are not looked at), else the session
+    /// cookie. For a token the first element is the token's id.
     pub fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            let presented = auth.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+            let id = self.tokens.authenticate(presented)?;
+            return Some((id.id, Session::bearer(id.user, id.role)));
+        }
         let token = cookie(headers, SESSION_COOKIE)?;
         let s = self.auth.session(&token)?;
         Some((token, s))
@@ -378,8 +389,26 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::net::router())
         .merge(crate::update::router())
         .merge(crate::failover::router())
+        .merge(crate::users::router())
+        .merge(crate::tokens::router())
+        .merge(crate::audit::router())
+        .merge(crate::access::router())
+        // Outermost last: the source filter and size limit run first, the audit
+        // log sees what the role gate refused.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::users::role_gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::source_filter,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

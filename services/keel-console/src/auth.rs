@@ -131,9 +131,38 @@ struct AdminRecord {
     password_hash: String,
 }
 
+/// What an account (or an API token made by it) may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees and changes everything.
+    Administrator,
+    /// Sees everything, changes nothing, downloads no keys or backups.
+    Auditor,
+}
+
+impl Role {
+    pub fn may_change(self) -> bool {
+        self == Role::Administrator
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Session {
     pub csrf_token: String,
+    /// The account it belongs to.
+    pub user: String,
+    pub role: Role,
+    /// Opened by an API token (`Authorization: Bearer`): no cookie, so no CSRF token
+    /// is needed — a browser never sends the header by itself.
+    pub via_token: bool,
     created: Instant,
     last_seen: Instant,
     /// The credential generation it was opened under: void once the password changes.
@@ -630,6 +659,9 @@ impl Auth {
         let now = Instant::now();
         let session = Session {
             csrf_token: random_hex(32),
+            user: "admin".into(),
+            role: Role::Administrator,
+            via_token: false,
             created: now,
             last_seen: now,
             generation: inner.generation,
@@ -719,8 +751,26 @@ impl Session {
             && now.duration_since(self.created) < SESSION_MAX
     }
 
+    /// The identity of a request made with an API token (checked by `tokens`).
+    pub fn bearer(user: String, role: Role) -> Self {
+        let now = Instant::now();
+        Session {
+            csrf_token: String::new(),
+            user,
+            role,
+            via_token: true,
+            created: now,
+            last_seen: now,
+            generation: 0,
+        }
+    }
+
     pub fn csrf_matches(&self, presented: &str) -> bool {
-        constant_time_eq(self.csrf_token.as_bytes(), presented.as_bytes())
+        if self.via_token {
+            return true;
+        }
+        !self.csrf_token.is_empty()
+            && constant_time_eq(self.csrf_token.as_bytes(), presented.as_bytes())
     }
 }
 

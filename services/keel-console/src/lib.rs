@@ -1,6 +1,8 @@
 //! keel-console as a library, so tests drive the real routers and TLS server.
 
+pub mod access;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod boot;
 pub mod certs;
@@ -11,5 +13,7 @@ pub mod net;
 pub mod status;
 pub mod time;
 pub mod tls;
+pub mod tokens;
 pub mod update;
+pub mod users;
 pub mod web;

@@ -155,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
         cert,
         requests_dir: args.requests_dir.clone(),
         data_mount: PathBuf::from(keel_core::paths::DATA_DIR),
+        tokens: keel_console::tokens::Tokens::open(&args.data_dir).context("API tokens")?,
+        audit: keel_console::audit::AuditLog::open(args.data_dir.join("audit")),
+        access: keel_console::access::Access::open(&args.data_dir),
     });
 
     let certs_state = certs::CertsState::new(state.clone(), cert_store, resolver.clone());

@@ -32,6 +32,9 @@ pub fn app_state(data: &Path, identity: &keel_certs::Identity) -> Arc<app::AppSt
         cert: keel_certs::info(&identity.cert_pem).unwrap(),
         requests_dir: data.join("requests"),
         data_mount: data.to_path_buf(),
+        tokens: keel_console::tokens::Tokens::open(data.join("console")).unwrap(),
+        audit: keel_console::audit::AuditLog::open(data.join("console/audit")),
+        access: keel_console::access::Access::open(data.join("console")),
     })
 }
 
