@@ -36,8 +36,25 @@ pub const MAX_FAILURES: usize = 5;
 /// has; the local console's password reset always works.
 pub const MAX_ACCOUNT_FAILURES: usize = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
+/// Session lifetimes until the access policy sets others.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+pub const SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
+
+/// How long a session lives: since its last request, and at most since login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub idle: Duration,
+    pub max: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            idle: SESSION_IDLE,
+            max: SESSION_MAX,
+        }
+    }
+}
 const MAX_SESSIONS: usize = 64;
 
 /// How hard the console may be pushed by login and setup attempts.
@@ -171,6 +188,7 @@ pub struct Session {
 
 #[derive(Default)]
 struct Inner {
+    session_limits: SessionLimits,
     admin_hash: Option<String>,
     setup_code: Option<String>,
     /// Bumped whenever the password changes (setup, reset): sessions and logins in
@@ -666,7 +684,8 @@ impl Auth {
             last_seen: now,
             generation: inner.generation,
         };
-        inner.sessions.retain(|_, s| s.valid(now));
+        let limits = inner.session_limits;
+        inner.sessions.retain(|_, s| s.valid(now, &limits));
         if inner.sessions.len() >= MAX_SESSIONS {
             // Drop the oldest: a flood of logins must not grow memory without bound.
             if let Some(oldest) = inner
@@ -687,8 +706,9 @@ impl Auth {
         let mut inner = self.lock();
         let now = Instant::now();
         let generation = inner.generation;
+        let limits = inner.session_limits;
         let valid = match inner.sessions.get_mut(token) {
-            Some(s) if s.valid(now) && s.generation == generation => {
+            Some(s) if s.valid(now, &limits) && s.generation == generation => {
                 s.last_seen = now;
                 Some(s.clone())
             }
@@ -698,6 +718,11 @@ impl Auth {
             inner.sessions.remove(token);
         }
         valid
+    }
+
+    /// New lifetimes (the access policy); open sessions are held to them at once.
+    pub fn set_session_limits(&self, limits: SessionLimits) {
+        self.lock().session_limits = limits;
     }
 
     pub fn logout(&self, token: &str) {
@@ -746,9 +771,9 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn valid(&self, now: Instant) -> bool {
-        now.duration_since(self.last_seen) < SESSION_IDLE
-            && now.duration_since(self.created) < SESSION_MAX
+    fn valid(&self, now: Instant, limits: &SessionLimits) -> bool {
+        now.duration_since(self.last_seen) < limits.idle
+            && now.duration_since(self.created) < limits.max
     }
 
     /// The identity of a request made with an API token (checked by `tokens`).
