@@ -32,7 +32,16 @@ fn netd_format_next(dir: &Path) -> PathBuf {
     // only keel-netd is rebuilt (alone, its dependencies would be recompiled).
     let packages = std::env::var("KEEL_BUILD_PACKAGES").unwrap_or_else(|_| "keel-netd".into());
     let build = |features: &[&str]| {
-        let status = Command::new(&cargo)
+        let mut cmd = Command::new(&cargo);
+        // cargo test sets the test's package variables (CARGO_PKG_NAME, ...); ring's
+        // build script declares rerun-if-env-changed on those, so passing them on
+        // would rebuild ring and everything on it instead of keel-netd alone.
+        for (name, _) in std::env::vars_os() {
+            if set_by_cargo_test(&name.to_string_lossy()) {
+                cmd.env_remove(name);
+            }
+        }
+        let status = cmd
             .current_dir(workspace_root())
             .args(["build", "--release", "--locked"])
             .args(packages.split_whitespace().flat_map(|p| ["-p", p]))
@@ -55,6 +64,18 @@ fn netd_format_next(dir: &Path) -> PathBuf {
         "the release keel-netd is the shipped build again"
     );
     out
+}
+
+/// The variables `cargo test` gives a test process that `make build` did not have.
+fn set_by_cargo_test(name: &str) -> bool {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ];
+    const NAMES: [&str; 3] = ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
 async fn net_state(http: &reqwest::Client, vm: &Vm) -> Value {
