@@ -16,6 +16,11 @@ packages=(
   tinyproxy
   # keel-failover's DNS swing tests: a real DNS client
   bind9-dnsutils
+  # the console's end-to-end test: headless Chromium over WebDriver (Latin fonts, or
+  # the renderer dies)
+  chromium chromium-driver fonts-dejavu-core
+  # the example playbook's test (examples/ansible): ansible.builtin.uri with a token
+  ansible-core
 )
 # bookworm's own qemu-system (7.2) refuses to install beside the backported
 # qemu-utils these machines carry: take qemu-system from bookworm-backports.
