@@ -45,6 +45,7 @@ bench: image
 	scripts/bench-update.sh
 	scripts/bench-update-downtime.sh
 	scripts/bench-failover.sh
+	scripts/bench-console.sh
 
 clean:
 	rm -rf build

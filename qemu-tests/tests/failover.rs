@@ -19,10 +19,10 @@ use keel_qemu_tests::{
 use serde_json::{json, Value};
 
 const API: &str = "/appliance/api/v1";
-const PASSWORD_A: &str = "failover admin password A";
-const PASSWORD_B: &str = "failover admin password B";
+const PASSWORD_A: &str = "failover console password A";
+const PASSWORD_B: &str = "failover console password B";
 /// A's admin password after the change that the sync carries to B.
-const PASSWORD_NEW: &str = "failover admin password, changed on A";
+const PASSWORD_NEW: &str = "failover console password, changed on A";
 /// The segment (TEST-NET-2, inside the test's own namespace): the observer, A, B,
 /// and the shared address the pair serves.
 const OBSERVER: &str = "198.51.100.1/24";

@@ -15,7 +15,7 @@ use keel_qemu_tests::{
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-const PASSWORD: &str = "hardening admin password";
+const PASSWORD: &str = "hardening console password";
 const BURST: usize = 200;
 /// Idle connections through QEMU's user network, which accepts forwarded
 /// connections one at a time (~0.2 s each under TCG): well past the per-source cap

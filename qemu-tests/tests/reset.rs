@@ -10,7 +10,7 @@ use keel_qemu_tests::{
 };
 use serde_json::json;
 
-const PASSWORD: &str = "old admin password";
+const PASSWORD: &str = "old console password";
 
 /// The last full line of the certificate's PEM body: it encodes signature bytes, so
 /// it exists only in that appliance's stored certificate (the first lines encode
@@ -297,7 +297,7 @@ async fn local_menu_resets_admin_password() {
 
     // The new code (the last one on the serial line) sets a new password.
     assert_eq!(vm.setup_code().as_deref(), Some(code2.as_str()));
-    let (http3, csrf3, _) = set_up_admin(&vm, "new admin password").await.unwrap();
+    let (http3, csrf3, _) = set_up_admin(&vm, "new console password").await.unwrap();
     let (st, body) = json_post(
         &http3,
         &vm.url("/appliance/api/v1/system/shutdown"),

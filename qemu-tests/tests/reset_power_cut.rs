@@ -8,7 +8,7 @@ use keel_qemu_tests::{
 };
 use serde_json::json;
 
-const PASSWORD: &str = "power cut admin password";
+const PASSWORD: &str = "power cut console password";
 const ERASING: &str = "keel-reset: factory reset: erasing";
 const ERASED: &str = "keel-reset: data erased";
 /// A larger disk makes the erase take long enough to cut into it.
@@ -79,7 +79,7 @@ async fn factory_reset_resumes_after_a_power_cut() {
     );
 
     // The reset is over: set up, reboot, and nothing is erased again.
-    let (http, csrf, _) = set_up_admin(&vm, "a new admin password").await.unwrap();
+    let (http, csrf, _) = set_up_admin(&vm, "a new console password").await.unwrap();
     let erases = vm.serial().matches(ERASING).count();
     let (st, body) = json_post(
         &http,
@@ -99,7 +99,7 @@ async fn factory_reset_resumes_after_a_power_cut() {
     let (st, body) = json_post(
         &http,
         &vm.url("/appliance/api/v1/login"),
-        json!({"username": "admin", "password": "a new admin password"}),
+        json!({"username": "admin", "password": "a new console password"}),
         None,
     )
     .await

@@ -15,7 +15,7 @@ use keel_qemu_tests::{
 };
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "services admin password";
+const PASSWORD: &str = "services console password";
 const API: &str = "/appliance/api/v1";
 /// QEMU's user network gives the guest this address; the host reaches it through
 /// the forwarded port, so the console sees this as the local address.

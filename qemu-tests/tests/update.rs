@@ -18,7 +18,7 @@ use keel_qemu_tests::{
     READY_MARKER,
 };
 
-const PASSWORD: &str = "update admin password";
+const PASSWORD: &str = "update console password";
 const NEW: &str = "0.1.1";
 const BROKEN: &str = "0.1.2";
 /// Three trial boots that fail fast, then the fallback boot.

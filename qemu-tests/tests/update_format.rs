@@ -18,7 +18,7 @@ use keel_qemu_tests::{
 };
 use serde_json::{json, Value};
 
-const PASSWORD: &str = "format admin password";
+const PASSWORD: &str = "format console password";
 const NEXT: &str = "0.1.1";
 
 /// keel-netd with `format-next`, copied out of the release build; the build's own

@@ -29,7 +29,7 @@ use keel_qemu_tests::{
 use serde_json::{json, Value};
 use tinyproxy::Tinyproxy;
 
-const PASSWORD: &str = "online update admin password";
+const PASSWORD: &str = "online update console password";
 const PROXY_IN_GUEST: &str = "10.0.2.100:3128";
 /// An install downloads ~110 MiB through the proxy, writes and reads it back.
 const INSTALL_CEILING: Duration = Duration::from_secs(600);

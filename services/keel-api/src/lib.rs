@@ -14,6 +14,14 @@ mod update;
 pub use update::*;
 mod failover;
 pub use failover::*;
+mod access;
+pub use access::*;
+mod tokens;
+pub use tokens::*;
+mod audit;
+pub use audit::*;
+mod users;
+pub use users::*;
 
 /// Answer of `GET /appliance/api/v1/status` and of the console's local `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +95,10 @@ pub struct LoginRequest {
     #[serde(default = "admin")]
     pub username: String,
     pub password: String,
+    /// The authenticator (TOTP) code or a recovery code, for an account with a
+    /// second factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 fn admin() -> String {

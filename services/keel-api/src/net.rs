@@ -206,6 +206,36 @@ pub struct NetState {
     pub source: String,
     pub pending: Option<NetPending>,
     pub links: Vec<NetLink>,
+    /// What the appliance runs with but was not told by this configuration: the
+    /// default gateways in force and DNS servers from DHCP leases.
+    #[serde(default)]
+    pub learned: NetLearned,
+}
+
+/// Gateways and DNS servers in force, whoever set them (netd's running state).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetLearned {
+    /// Default routes of the kernel's main table.
+    #[serde(default)]
+    pub gateways: Vec<NetGateway>,
+    /// DNS servers per DHCP-configured interface, from its lease.
+    #[serde(default)]
+    pub dns: Vec<NetLinkDns>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetGateway {
+    pub gateway: IpAddr,
+    pub interface: String,
+    /// `dhcp`, `ra` (IPv6 router advertisement), `config` (this configuration's
+    /// `gateway4`/`gateway6`) or `other` (set by hand or another program).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetLinkDns {
+    pub interface: String,
+    pub servers: Vec<IpAddr>,
 }
 
 /// Body of netd's `PUT /config`.

@@ -108,8 +108,33 @@ pub struct CertInfo {
     pub not_after: String,
 }
 
+/// The addresses the built-in certificate names: those passed in that a client
+/// can reach by literal (not loopback, not IPv6 link-local: those need a zone a
+/// browser cannot put in a URL), and always the factory fallback address
+/// (`keel_api::NET_FALLBACK_ADDRESS`), which a technician's laptop uses on a cable.
+pub fn builtin_san_ips(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let fallback: Option<IpAddr> = keel_api::NET_FALLBACK_ADDRESS
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok());
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in ips.iter().map(IpAddr::to_canonical).chain(fallback) {
+        let usable = match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+            }
+        };
+        if usable && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
 /// Makes a fresh ECDSA P-256 key and a self-signed certificate for `hostname` and
-/// every address in `ips` (all as SANs), valid from yesterday for `days` days.
+/// the addresses of [`builtin_san_ips`] (all as SANs), valid from yesterday for
+/// `days` days.
 pub fn generate_self_signed(
     hostname: &str,
     ips: &[IpAddr],
@@ -119,11 +144,12 @@ pub fn generate_self_signed(
     let mut params = CertificateParams::new(vec![hostname.to_owned()])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, hostname);
-    dn.push(DnType::OrganizationName, "Keel appliance (self-signed)");
+    // Pages add "(self-signed)" from the certificate itself; not in the name too.
+    dn.push(DnType::OrganizationName, "Keel appliance");
     params.distinguished_name = dn;
     params
         .subject_alt_names
-        .extend(ips.iter().copied().map(SanType::IpAddress));
+        .extend(builtin_san_ips(ips).into_iter().map(SanType::IpAddress));
     // Yesterday: a client whose clock lags a little still accepts it.
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
@@ -155,6 +181,21 @@ fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
 /// SHA-256 fingerprint of a DER certificate, lowercase hex without separators.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
+}
+
+/// A fingerprint as browsers and `openssl x509 -fingerprint` show it, for people:
+/// uppercase hex pairs separated by colons (`AB:CD:…`). Machines keep the bare
+/// lowercase form of [`fingerprint`]; anything that is not hex is shown as it is.
+pub fn fingerprint_display(hex: &str) -> String {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return hex.to_owned();
+    }
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Facts about the leaf certificate of `pem`.
@@ -275,6 +316,77 @@ mod tests {
         assert!(info(&id.cert_pem).unwrap().subject.contains("CN=keel-test"));
         certified_key(&id).unwrap();
         assert!(!format!("{id:?}").contains("PRIVATE KEY"));
+    }
+
+    /// The IP SANs of a PEM certificate.
+    fn ip_sans(pem: &str) -> Vec<IpAddr> {
+        let der = &parse_certs(pem).unwrap()[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap())),
+                    16 => Some(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap())),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn builtin_names_the_fallback_and_every_routable_ipv6() {
+        let ips: Vec<IpAddr> = [
+            "10.0.2.15",
+            "2001:db8::15",
+            "fd00:1::15",
+            "fe80::5054:ff:fe12:3456",
+            "::1",
+            "127.0.0.1",
+            "10.0.2.15",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let id = generate_self_signed("keel", &ips, 30).unwrap();
+        let want: Vec<IpAddr> = ["10.0.2.15", "2001:db8::15", "fd00:1::15", "169.254.1.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(ip_sans(&id.cert_pem), want);
+        // Already there (the address is up at first boot): named once.
+        let id = generate_self_signed("keel", &["169.254.1.1".parse().unwrap()], 30).unwrap();
+        assert_eq!(
+            ip_sans(&id.cert_pem),
+            ["169.254.1.1".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn issuer_says_self_signed_once() {
+        let id = generate_self_signed("keel", &[], 30).unwrap();
+        let der = &parse_certs(&id.cert_pem).unwrap()[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let issuer = cert.issuer().to_string();
+        assert!(!issuer.contains("self-signed"), "{issuer}");
+        assert!(issuer.contains("O=Keel appliance"), "{issuer}");
+    }
+
+    #[test]
+    fn fingerprints_read_as_browsers_show_them() {
+        let id = generate_self_signed("keel", &[], 30).unwrap();
+        let hex = info(&id.cert_pem).unwrap().sha256_fingerprint;
+        let shown = fingerprint_display(&hex);
+        assert_eq!(shown.len(), 32 * 3 - 1);
+        assert_eq!(shown.replace(':', "").to_ascii_lowercase(), hex);
+        assert_eq!(fingerprint_display("ab01ff"), "AB:01:FF");
+        // Not a fingerprint: untouched rather than mangled.
+        assert_eq!(fingerprint_display(""), "");
+        assert_eq!(fingerprint_display("abc"), "abc");
+        assert_eq!(fingerprint_display("AB:CD"), "AB:CD");
     }
 
     #[test]

@@ -105,10 +105,9 @@ impl AppState {
     /// `Authorization: Bearer` (then cookies are not looked at), else the session
     /// cookie. For a token the first element is the token's id.
     pub fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            let presented = auth.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-            let id = self.tokens.authenticate(presented)?;
-            return Some((id.id, Session::bearer(id.user, id.role)));
+        if headers.contains_key(header::AUTHORIZATION) {
+            // Why a token is refused is answered by `tokens::credentials`.
+            return crate::tokens::bearer_session(self, headers).ok();
         }
         let token = cookie(headers, SESSION_COOKIE)?;
         let s = self.auth.session(&token)?;
@@ -304,9 +303,13 @@ async fn api_login(
         return Err(ApiError::csrf());
     }
     let client = client_ip(&req_ext);
-    let (token, session) = blocking(move || st.auth.login(client, &body.username, &body.password))
-        .await?
-        .map_err(auth_error)?;
+    crate::audit::attempted(&req_ext, &body.username);
+    let (token, session) = blocking(move || {
+        st.auth
+            .login_with_code(client, &body.username, &body.password, body.code.as_deref())
+    })
+    .await?
+    .map_err(auth_error)?;
     Ok(granted(&token, &session))
 }
 
@@ -321,7 +324,9 @@ async fn api_status(
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
     st.session(&headers).ok_or_else(ApiError::unauthorized)?;
-    Ok(Json(st.status()))
+    // Reads /proc, mountinfo, netlink and the certificate store: off the runtime's
+    // threads, so handshakes and other requests go on meanwhile.
+    Ok(Json(blocking(move || st.status()).await?))
 }
 
 async fn api_power(
@@ -365,13 +370,97 @@ async fn api_factory_reset(
     ))
 }
 
-async fn api_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint")
+/// Where the API is.
+pub const API_BASE: &str = "/appliance/api/v1";
+
+/// The top-level areas of the API, for its index: (name, an endpoint of it under
+/// `API_BASE`, what it is). Keep in step with the routes below and the modules'
+/// routers (tests/https.rs checks that every endpoint listed exists).
+const API_AREAS: &[(&str, &str, &str)] = &[
+    ("health", "/health", "liveness, no session needed"),
+    (
+        "setup",
+        "/setup",
+        "first setup with the code from the local console",
+    ),
+    ("login", "/login", "POST: session cookie and CSRF token"),
+    ("logout", "/logout", "POST: ends the session"),
+    (
+        "status",
+        "/status",
+        "version, slot, addresses, certificate, processes",
+    ),
+    (
+        "system",
+        "/system/reboot",
+        "POST /system/shutdown, /system/reboot, /system/factory-reset",
+    ),
+    (
+        "net",
+        "/net/config",
+        "network configuration, commit-confirm (/net/pending, /net/confirm, /net/cancel)",
+    ),
+    ("time", "/time", "NTP check and manual time"),
+    ("certs", "/certs", "console certificates"),
+    ("update", "/update", "software updates and app bundles"),
+    ("failover", "/failover", "failover pair"),
+    ("users", "/users", "console accounts"),
+    (
+        "account",
+        "/account/password",
+        "the caller's own account: POST /account/password, /account/totp",
+    ),
+    ("tokens", "/tokens", "API tokens"),
+    ("audit", "/audit", "audit log"),
+    ("access", "/access", "console access policy"),
+];
+
+/// `GET /appliance/api/v1[/]`: what the API offers, for an admin who types the
+/// base address. The product version only to a session (it helps an attacker
+/// pick an exploit; the status page shows it to the logged-in).
+async fn api_index(State(st): State<Shared>, headers: HeaderMap) -> Json<serde_json::Value> {
+    let areas: Vec<serde_json::Value> = API_AREAS
+        .iter()
+        .map(|(name, path, about)| {
+            serde_json::json!({"name": name, "path": format!("{API_BASE}{path}"), "about": about})
+        })
+        .collect();
+    let mut index = serde_json::json!({
+        "name": "Keel appliance console API",
+        "api_version": "v1",
+        "base": API_BASE,
+        "areas": areas,
+        "documentation": {
+            "reference": "docs/interfaces.md of the Keel source, section \"Console HTTP API\"",
+            "openapi": "not yet: no OpenAPI document is served",
+        },
+        "authentication": "POST /login gives a session cookie and a CSRF token; every \
+            state-changing call sends the token in the X-CSRF-Token header",
+    });
+    if st.session(&headers).is_some() {
+        index["product_version"] = status::running_version().into();
+    }
+    Json(index)
 }
 
-/// Every HTTPS route.
+async fn api_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such API endpoint; GET {API_BASE} lists what the API offers"),
+    )
+}
+
+/// Every HTTPS route but the certificate store's (tests without a store).
 pub fn router(state: Shared) -> Router {
+    router_with(state, Router::new())
+}
+
+/// Every HTTPS route, with `extra` (routes over their own state: the certificate
+/// store, `certs::routes`) behind the same layers: source filter, size limit, audit
+/// log, role gate and token check cover every route alike.
+pub fn router_with(state: Shared, extra: Router) -> Router {
     let api = Router::new()
+        .route("/", get(api_index))
         .route("/health", get(health))
         .route("/setup", get(api_setup_state).post(api_setup))
         .route("/login", post(api_login))
@@ -383,6 +472,8 @@ pub fn router(state: Shared) -> Router {
         .fallback(api_not_found);
     Router::new()
         .route("/", get(|| async { Redirect::permanent("/appliance/") }))
+        // The nested "/" is the base without a slash; with one, it is this.
+        .route("/appliance/api/v1/", get(api_index))
         .nest("/appliance/api/v1", api)
         .merge(crate::web::router())
         .merge(crate::time::router())
@@ -393,8 +484,14 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::tokens::router())
         .merge(crate::audit::router())
         .merge(crate::access::router())
+        .with_state(state.clone())
+        .merge(extra)
         // Outermost last: the source filter and size limit run first, the audit
         // log sees what the role gate refused.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::tokens::credentials,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::users::role_gate,
@@ -410,7 +507,6 @@ pub fn router(state: Shared) -> Router {
             crate::access::source_filter,
         ))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(state)
 }
 
 /// Bodies up to this size are read and dropped before answering 413, so a client
@@ -420,7 +516,8 @@ const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Response {
     use http_body_util::BodyExt;
     // A bundle upload streams up to 1 GiB: those routes keep a limit of their own.
-    if crate::update::own_body_limit(req.uri().path()) {
+    let path = req.uri().path();
+    if crate::update::own_body_limit(path) || crate::certs::own_body_limit(path) {
         return next.run(req).await;
     }
     let declared = req
@@ -444,6 +541,14 @@ async fn refuse_oversized(req: Request, next: axum::middleware::Next) -> Respons
     }
 }
 
+/// The console's content policy: its own stylesheet and nothing else (no script,
+/// no inline style, no framing, forms only to itself). A page that gains a script
+/// file adds `script-src 'self'` here — never inline script.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; \
+     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// On every HTTPS answer (pages, API, errors, the stylesheet). Cache-Control is
+/// `no-store` unless the handler chose otherwise (the static stylesheet).
 pub async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
@@ -457,9 +562,14 @@ pub async fn security_headers(mut resp: Response) -> Response {
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'"),
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     resp
 }
 

@@ -1,15 +1,23 @@
-//! Admin credentials, the one-time setup code, sessions and login rate limiting.
+//! Console accounts and their credentials, the one-time setup code, sessions and
+//! login rate limiting.
 //!
-//! Stored under the console's data dir: `admin.json` (argon2id hash, 0600) once set
-//! up, `setup-code` (0600) until then. Sessions live in memory only: a reboot logs
-//! everyone out, which is what an appliance admin expects.
+//! Stored under the console's data dir: `users.json` (every account: name, role,
+//! argon2id hash, disabled flag, creation time, TOTP secret and hashed recovery
+//! codes; 0600), `admin.json` (the `admin` account's hash alone, 0600: what a slot
+//! from before accounts reads, and the authority on that hash — see
+//! [`Auth::open_with`]) and `setup-code` (0600) while the `admin` account waits
+//! for its password. Sessions live in memory only: a reboot logs everyone out,
+//! which is what an appliance admin expects.
 //!
 //! Every login or setup attempt is counted before its credential is checked (so a
 //! parallel burst cannot outrun the count), against its source (an IPv4 address or
-//! an IPv6 /64) and against the admin account; the argon2 checks themselves run a
-//! few at a time (see [`AuthLimits::verify_permits`]) because each needs ~19 MiB.
+//! an IPv6 /64) and against the account; the argon2 checks themselves run a few at
+//! a time (see [`AuthLimits::verify_permits`]) because each needs ~19 MiB.
 
-use std::collections::HashMap;
+mod policy;
+mod totp;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -17,23 +25,28 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use axum::http::StatusCode;
 use keel_core::format::FileFormat;
 use rand::{rngs::OsRng, Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
+pub use keel_api::Role;
+pub use policy::{name_problem, password_problem, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+
 /// Letters and digits that cannot be confused when read off a screen (no 0/O, 1/I).
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-pub const MIN_PASSWORD_LEN: usize = 8;
-pub const MAX_PASSWORD_LEN: usize = 1024;
+/// The account the setup code and the local console's password reset act on.
+pub const ADMIN: &str = "admin";
 /// Failed attempts allowed per source (IPv4 address or IPv6 /64) within
 /// `FAILURE_WINDOW`.
 pub const MAX_FAILURES: usize = 5;
-/// Failed attempts allowed on the admin account within `FAILURE_WINDOW`, from all
-/// sources together. Larger than the per-source budget, so one noisy source (whose
-/// refused attempts never count here) cannot lock the admin out. The trade-off: an
-/// attacker with 4 or more sources can keep the account locked for as long as it
-/// keeps going, but gets no more than 20 guesses a minute however many addresses it
-/// has; the local console's password reset always works.
+/// Failed attempts allowed on one account within `FAILURE_WINDOW`, from all
+/// sources together (user names that do not exist share one budget). Larger than
+/// the per-source budget, so one noisy source (whose refused attempts never count
+/// here) cannot lock an account out. The trade-off: an attacker with 4 or more
+/// sources can keep an account locked for as long as it keeps going, but gets no
+/// more than 20 guesses a minute however many addresses it has; the local
+/// console's password reset always works for `admin`.
 pub const MAX_ACCOUNT_FAILURES: usize = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Session lifetimes until the access policy sets others.
@@ -62,7 +75,7 @@ const MAX_SESSIONS: usize = 64;
 pub struct AuthLimits {
     /// Attempts (failed or still being checked) per source within `window`.
     pub source_failures: usize,
-    /// Attempts on the admin account within `window`, all sources together.
+    /// Attempts on one account within `window`, all sources together.
     pub account_failures: usize,
     pub window: Duration,
     /// Sources remembered at once; past this the least guilty are forgotten first.
@@ -99,7 +112,7 @@ impl Default for AuthLimits {
 pub enum Throttle {
     /// The source used its budget; seconds until it may try again.
     Source(u64),
-    /// The admin account used its budget; seconds until it may be tried again.
+    /// The account used its budget; seconds until it may be tried again.
     Account(u64),
     /// Every password check slot is taken and no more may wait.
     Busy,
@@ -114,7 +127,7 @@ impl std::fmt::Display for Throttle {
             ),
             Throttle::Account(s) => write!(
                 f,
-                "too many failed attempts on the admin account; try again in {s} s"
+                "too many failed attempts on this account; try again in {s} s"
             ),
             Throttle::Busy => f.write_str("busy, try again in a few seconds"),
         }
@@ -133,42 +146,93 @@ pub enum AuthError {
     WrongPassword,
     #[error("{0}")]
     RateLimited(Throttle),
-    #[error("the password must have {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")]
-    WeakPassword,
+    /// Which password rule failed.
+    #[error("{0}")]
+    WeakPassword(String),
+    #[error("{0}")]
+    BadUserName(String),
+    #[error("a user named {0} exists already")]
+    UserExists(String),
+    #[error("no user named {0}")]
+    NoSuchUser(String),
+    /// A change that would leave the appliance without an administrator, or that
+    /// an account may not make to itself.
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "this account has a second factor: enter the code from its authenticator app \
+         (or one of its recovery codes)"
+    )]
+    CodeRequired,
+    #[error("wrong or already used authenticator code")]
+    WrongCode,
+    #[error("no authenticator enrolment is under way: begin one first")]
+    NoEnrolment,
     #[error("cannot store credentials: {0}")]
     Store(String),
 }
 
-/// `admin.json`, format 1.
+impl AuthError {
+    /// How the API answers it; `None` for the server's own failures.
+    pub fn status(&self) -> Option<StatusCode> {
+        Some(match self {
+            AuthError::AlreadySetUp | AuthError::NotSetUp => StatusCode::CONFLICT,
+            AuthError::WrongSetupCode
+            | AuthError::WrongPassword
+            | AuthError::CodeRequired
+            | AuthError::WrongCode => StatusCode::UNAUTHORIZED,
+            AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::WeakPassword(_) | AuthError::BadUserName(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AuthError::UserExists(_) | AuthError::Refused(_) | AuthError::NoEnrolment => {
+                StatusCode::CONFLICT
+            }
+            AuthError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+            AuthError::Store(_) => return None,
+        })
+    }
+}
+
+/// `admin.json`, format 1: the `admin` account's hash, as slots from before
+/// accounts read it.
 const ADMIN_FILE: FileFormat = FileFormat::first("administrator account");
+/// `users.json`, format 1.
+pub const USERS_FILE: FileFormat = FileFormat::first("console users");
 
 #[derive(Serialize, Deserialize)]
-struct AdminRecord {
+pub struct AdminRecord {
     /// PHC string (argon2id with its salt and parameters).
-    password_hash: String,
+    pub password_hash: String,
 }
 
-/// What an account (or an API token made by it) may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sees and changes everything.
-    Administrator,
-    /// Sees everything, changes nothing, downloads no keys or backups.
-    Auditor,
+/// `users.json`.
+#[derive(Serialize, Deserialize, Default)]
+pub struct UsersRecord {
+    pub users: Vec<UserRecord>,
 }
 
-impl Role {
-    pub fn may_change(self) -> bool {
-        self == Role::Administrator
-    }
+#[derive(Serialize, Deserialize, Clone)]
+pub struct UserRecord {
+    pub name: String,
+    pub role: Role,
+    /// PHC string (argon2id); `None` while `admin` waits for the setup code.
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    /// RFC 3339, UTC.
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpRecord>,
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Administrator => "administrator",
-            Role::Auditor => "auditor",
-        }
-    }
+#[derive(Serialize, Deserialize, Clone)]
+pub struct TotpRecord {
+    /// Base32 (RFC 4648, no padding), as authenticator apps take it.
+    pub secret: String,
+    /// SHA-256 (hex) of each unused recovery code. The codes are random (50 bits),
+    /// so a fast hash is enough.
+    pub recovery_codes: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -182,30 +246,89 @@ pub struct Session {
     pub via_token: bool,
     created: Instant,
     last_seen: Instant,
-    /// The credential generation it was opened under: void once the password changes.
+    /// The account's credential generation it was opened under: void once the
+    /// password changes or the account is disabled or deleted.
     generation: u64,
+}
+
+/// An account in memory: its record and what is not stored.
+struct Account {
+    rec: UserRecord,
+    /// Unique across accounts and never reused (from `Inner::next_generation`).
+    generation: u64,
+    /// Attempts on this account within the window, all sources together.
+    failures: Vec<Instant>,
+    /// The last TOTP time step accepted: a code is good once (RFC 6238 §5.2).
+    last_step: u64,
+    /// A TOTP secret shown but not yet confirmed with a code.
+    pending_totp: Option<String>,
 }
 
 #[derive(Default)]
 struct Inner {
     session_limits: SessionLimits,
-    admin_hash: Option<String>,
+    accounts: BTreeMap<String, Account>,
     setup_code: Option<String>,
-    /// Bumped whenever the password changes (setup, reset): sessions and logins in
-    /// flight from an older generation open nothing.
-    generation: u64,
+    next_generation: u64,
     sessions: HashMap<String, Session>,
     /// Attempts per source within the window, oldest first; an attempt is in here
     /// from before its check starts (only a success or an unchecked attempt takes
     /// it out again).
     sources: HashMap<IpAddr, Vec<Instant>>,
-    /// The same for the admin account, all sources together.
-    account: Vec<Instant>,
+    /// The account budget of user names that do not exist, all together (so a
+    /// spray of made-up names cannot grow memory).
+    unknown: Vec<Instant>,
 }
 
-/// One counted attempt: where it came from and when it was counted.
+impl Inner {
+    fn fresh_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn account_failures(&mut self, user: Option<&str>) -> &mut Vec<Instant> {
+        match user.and_then(|u| self.accounts.get_mut(u)) {
+            Some(a) => &mut a.failures,
+            None => &mut self.unknown,
+        }
+    }
+
+    fn insert(&mut self, rec: UserRecord) {
+        let generation = self.fresh_generation();
+        self.accounts.insert(
+            rec.name.clone(),
+            Account {
+                rec,
+                generation,
+                failures: Vec::new(),
+                last_step: 0,
+                pending_totp: None,
+            },
+        );
+    }
+
+    /// Ends every session of `user` and voids those being opened.
+    fn end_sessions(&mut self, user: &str) {
+        let generation = self.fresh_generation();
+        if let Some(a) = self.accounts.get_mut(user) {
+            a.generation = generation;
+        }
+        self.sessions.retain(|_, s| s.user != user);
+    }
+
+    fn enabled_admins(&self) -> usize {
+        self.accounts
+            .values()
+            .filter(|a| a.rec.role == Role::Administrator && !a.rec.disabled)
+            .count()
+    }
+}
+
+/// One counted attempt: where it came from, on which account and when.
 struct Attempt {
     source: IpAddr,
+    /// `None`: a user name that does not exist.
+    account: Option<String>,
     at: Instant,
 }
 
@@ -400,6 +523,20 @@ fn verify_password(
     Ok(output == expected)
 }
 
+fn user_view(rec: &UserRecord) -> keel_api::User {
+    keel_api::User {
+        name: rec.name.clone(),
+        role: rec.role,
+        totp: rec.totp.is_some(),
+        disabled: rec.disabled,
+        created: rec.created.clone(),
+    }
+}
+
+fn store_err(e: keel_core::StoreError) -> AuthError {
+    AuthError::Store(e.to_string())
+}
+
 impl Auth {
     /// Opens the credential store in `dir`, creating a setup code when the
     /// appliance has no admin password yet.
@@ -408,22 +545,64 @@ impl Auth {
     }
 
     /// `open` with other limits (tests use small ones).
+    ///
+    /// `admin.json` is the authority on the `admin` account's hash: every write
+    /// stores it before `users.json`, and a slot from before accounts (after a
+    /// rollback) changes only it. So an `admin.json` that says otherwise than
+    /// `users.json` was written later; none means no admin password (a reset).
+    /// Without `users.json` (the first start after the update) it becomes the
+    /// `admin` account.
     pub fn open_with(dir: impl Into<PathBuf>, limits: AuthLimits) -> Result<Self, AuthError> {
         let dir = dir.into();
-        let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
-        keel_core::store::ensure_dir(&dir, 0o700).map_err(store)?;
-        let admin: Option<AdminRecord> = ADMIN_FILE.read(&dir.join("admin.json")).map_err(store)?;
-        let mut inner = Inner {
-            admin_hash: admin.map(|a| a.password_hash),
-            ..Default::default()
-        };
-        if inner.admin_hash.is_none() {
+        keel_core::store::ensure_dir(&dir, 0o700).map_err(store_err)?;
+        let users: Option<UsersRecord> = USERS_FILE
+            .read(&dir.join("users.json"))
+            .map_err(store_err)?;
+        let admin: Option<AdminRecord> = ADMIN_FILE
+            .read(&dir.join("admin.json"))
+            .map_err(store_err)?;
+        let mut inner = Inner::default();
+        let migrated = users.is_none();
+        for rec in users.unwrap_or_default().users {
+            inner.insert(rec);
+        }
+        let admin_hash = admin.map(|a| a.password_hash);
+        match inner.accounts.get_mut(ADMIN) {
+            Some(a) if a.rec.password_hash != admin_hash => {
+                if admin_hash.is_none() {
+                    // A reset from the local console starts over, second factor too.
+                    a.rec.totp = None;
+                }
+                a.rec.password_hash = admin_hash;
+            }
+            Some(_) => {}
+            None if admin_hash.is_some() => {
+                if migrated {
+                    tracing::info!("admin.json becomes the admin account of users.json");
+                }
+                inner.insert(UserRecord {
+                    name: ADMIN.into(),
+                    role: Role::Administrator,
+                    password_hash: admin_hash,
+                    disabled: false,
+                    created: crate::status::now_rfc3339(),
+                    totp: None,
+                });
+            }
+            None => {}
+        }
+        let admin_waits = inner
+            .accounts
+            .get(ADMIN)
+            .is_some_and(|a| a.rec.password_hash.is_none());
+        if inner.accounts.is_empty() || admin_waits {
             let path = dir.join("setup-code");
             let code = match std::fs::read_to_string(&path) {
                 Ok(c) if !c.trim().is_empty() => c.trim().to_owned(),
                 _ => {
                     let c = new_setup_code();
-                    keel_core::store::write_atomic(&path, c.as_bytes(), 0o600).map_err(store)?;
+                    keel_core::store::write_atomic(&path, c.as_bytes(), 0o600)
+                        .map_err(store_err)?;
                     tracing::info!("new setup code created (shown on the local console only)");
                     c
                 }
@@ -442,8 +621,41 @@ impl Auth {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes what `inner` holds: `admin.json` first (see `open_with`), then
+    /// `users.json`.
+    fn persist(&self, inner: &Inner) -> Result<(), AuthError> {
+        let admin_path = self.dir.join("admin.json");
+        match inner
+            .accounts
+            .get(ADMIN)
+            .and_then(|a| a.rec.password_hash.clone())
+        {
+            Some(password_hash) => {
+                ADMIN_FILE.write(&admin_path, &AdminRecord { password_hash }, 0o600)
+            }
+            None => ADMIN_FILE.remove(&admin_path).map(|_| ()),
+        }
+        .map_err(store_err)?;
+        let users = UsersRecord {
+            users: inner.accounts.values().map(|a| a.rec.clone()).collect(),
+        };
+        USERS_FILE
+            .write(&self.dir.join("users.json"), &users, 0o600)
+            .map_err(store_err)
+    }
+
+    /// Whether the `admin` account waits for its password (setup code).
     pub fn setup_required(&self) -> bool {
-        self.lock().admin_hash.is_none()
+        self.lock().setup_code.is_some()
+    }
+
+    /// Whether no account can log in at all (then the console shows the setup).
+    pub fn nobody_can_log_in(&self) -> bool {
+        !self
+            .lock()
+            .accounts
+            .values()
+            .any(|a| a.rec.password_hash.is_some() && !a.rec.disabled)
     }
 
     /// The code for the local console banner; `None` once set up.
@@ -451,11 +663,11 @@ impl Auth {
         self.lock().setup_code.clone()
     }
 
-    /// Counts an attempt from `client` against its source and the account, before
-    /// anything is checked: a parallel burst sees every earlier attempt of it.
-    /// Refusals create no entry, and one refused for its source does not count
-    /// against the account (a noisy source must not lock the admin out).
-    fn reserve(&self, inner: &mut Inner, client: IpAddr) -> Result<Attempt, AuthError> {
+    /// Counts an attempt from `client` on `user` against its source and the
+    /// account, before anything is checked: a parallel burst sees every earlier
+    /// attempt of it. Refusals create no entry, and one refused for its source
+    /// does not count against the account (a noisy source must not lock it out).
+    fn reserve(&self, inner: &mut Inner, client: IpAddr, user: &str) -> Result<Attempt, AuthError> {
         let now = Instant::now();
         let window = self.limits.window;
         let wait = |first: Instant| {
@@ -469,27 +681,33 @@ impl Auth {
                 return Err(AuthError::RateLimited(Throttle::Source(wait(list[0]))));
             }
         }
-        inner.account.retain(|t| now.duration_since(*t) < window);
-        if inner.account.len() >= self.limits.account_failures {
-            return Err(AuthError::RateLimited(Throttle::Account(wait(
-                inner.account[0],
-            ))));
+        let account = inner.accounts.contains_key(user).then(|| user.to_owned());
+        let budget = inner.account_failures(account.as_deref());
+        budget.retain(|t| now.duration_since(*t) < window);
+        if budget.len() >= self.limits.account_failures {
+            return Err(AuthError::RateLimited(Throttle::Account(wait(budget[0]))));
         }
+        budget.push(now);
+        let filled = budget.len() == self.limits.account_failures;
         if !inner.sources.contains_key(&source) {
             self.make_room(inner, now);
         }
         inner.sources.entry(source).or_default().push(now);
-        inner.account.push(now);
-        if inner.account.len() == self.limits.account_failures {
+        if filled {
             // Once per filling, not per refusal: a flood must not flood the journal.
             tracing::warn!(
                 %client,
-                "admin account: {} attempts within {} s, further ones refused for now",
-                inner.account.len(),
+                account = account.as_deref().unwrap_or("(unknown names)"),
+                "{} attempts within {} s, further ones refused for now",
+                self.limits.account_failures,
                 window.as_secs()
             );
         }
-        Ok(Attempt { source, at: now })
+        Ok(Attempt {
+            source,
+            account,
+            at: now,
+        })
     }
 
     /// Bounds the source table without forgetting the worst offenders: expired
@@ -525,14 +743,20 @@ impl Auth {
                 inner.sources.remove(&attempt.source);
             }
         }
-        remove_one(&mut inner.account, attempt.at);
+        remove_one(
+            inner.account_failures(attempt.account.as_deref()),
+            attempt.at,
+        );
     }
 
     /// The right credential: the source's failures are forgiven and the attempt
     /// does not count against the account.
     fn succeeded(inner: &mut Inner, attempt: &Attempt) {
         inner.sources.remove(&attempt.source);
-        remove_one(&mut inner.account, attempt.at);
+        remove_one(
+            inner.account_failures(attempt.account.as_deref()),
+            attempt.at,
+        );
     }
 
     /// A password check slot, or the attempt is given back and refused as busy.
@@ -544,23 +768,31 @@ impl Auth {
         })
     }
 
-    /// First login: proves physical access with the setup code and sets the admin
-    /// password. Returns a new session token and its CSRF token. Ends every other
-    /// session.
+    /// A slot for hashing a new password (an administrator's or the user's own
+    /// change: no guess, so nothing is counted).
+    fn hash_new(&self, password: &str) -> Result<String, AuthError> {
+        let permit = self
+            .gate
+            .acquire()
+            .ok_or(AuthError::RateLimited(Throttle::Busy))?;
+        hash_password(password.as_bytes(), &permit)
+    }
+
+    /// First login: proves physical access with the setup code and sets the
+    /// password of `admin` (an administrator, made anew if it was deleted). Returns
+    /// a new session token and its CSRF token. Ends every other session of `admin`.
     pub fn setup(
         &self,
         client: IpAddr,
         code: &str,
         password: &str,
     ) -> Result<(String, Session), AuthError> {
-        let (attempt, expected, generation) = {
+        let (attempt, expected) = {
             let mut inner = self.lock();
-            if inner.admin_hash.is_some() {
+            let Some(expected) = inner.setup_code.clone() else {
                 return Err(AuthError::AlreadySetUp);
-            }
-            let attempt = self.reserve(&mut inner, client)?;
-            let expected = inner.setup_code.clone().unwrap_or_default();
-            (attempt, expected, inner.generation)
+            };
+            (self.reserve(&mut inner, client, ADMIN)?, expected)
         };
         if !constant_time_eq(
             normalize_code(code).as_bytes(),
@@ -569,9 +801,9 @@ impl Auth {
             tracing::warn!(%client, "wrong setup code");
             return Err(AuthError::WrongSetupCode);
         }
-        if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        if let Some(problem) = password_problem(password, ADMIN, &policy::hostname()) {
             Self::unreserve(&mut self.lock(), &attempt);
-            return Err(AuthError::WeakPassword);
+            return Err(AuthError::WeakPassword(problem));
         }
         let hash = {
             let permit = self.permit(&attempt, client)?;
@@ -585,104 +817,169 @@ impl Auth {
                 return Err(e);
             }
         };
-        // Stored under the lock: a password reset from the local console while the
-        // hash was computed replaced the code this setup was checked against.
-        if inner.admin_hash.is_some() {
+        // Checked again under the lock: a password reset from the local console
+        // while the hash was computed replaced the code this setup was checked
+        // against, and another setup may have come first.
+        if inner.setup_code.as_deref() != Some(expected.as_str()) {
             Self::unreserve(&mut inner, &attempt);
-            return Err(AuthError::AlreadySetUp);
+            return Err(match inner.setup_code {
+                None => AuthError::AlreadySetUp,
+                Some(_) => AuthError::WrongSetupCode,
+            });
         }
-        if inner.generation != generation || inner.setup_code.as_deref() != Some(expected.as_str())
-        {
+        let previous = inner.accounts.get(ADMIN).map(|a| a.rec.clone());
+        let mut rec = previous.clone().unwrap_or_else(|| UserRecord {
+            name: ADMIN.into(),
+            role: Role::Administrator,
+            password_hash: None,
+            disabled: false,
+            created: crate::status::now_rfc3339(),
+            totp: None,
+        });
+        rec.password_hash = Some(hash);
+        rec.role = Role::Administrator;
+        rec.disabled = false;
+        rec.totp = None;
+        match inner.accounts.get_mut(ADMIN) {
+            Some(a) => a.rec = rec,
+            None => inner.insert(rec),
+        }
+        if let Err(e) = self.persist(&inner) {
+            match previous {
+                Some(p) => inner.accounts.get_mut(ADMIN).expect("just set").rec = p,
+                None => {
+                    inner.accounts.remove(ADMIN);
+                }
+            }
             Self::unreserve(&mut inner, &attempt);
-            return Err(AuthError::WrongSetupCode);
+            return Err(e);
         }
-        let stored = ADMIN_FILE.write(
-            &self.dir.join("admin.json"),
-            &AdminRecord {
-                password_hash: hash.clone(),
-            },
-            0o600,
-        );
-        if let Err(e) = stored {
-            Self::unreserve(&mut inner, &attempt);
-            return Err(AuthError::Store(e.to_string()));
-        }
-        // A code file left behind is ignored while admin.json exists.
+        // A code file left behind would be ignored while admin.json exists.
         if let Err(e) = keel_core::store::remove_durable(&self.dir.join("setup-code")) {
             tracing::warn!("removing the used setup code: {e}");
         }
-        inner.admin_hash = Some(hash);
         inner.setup_code = None;
-        inner.generation += 1;
-        inner.sessions.clear();
+        inner.end_sessions(ADMIN);
         Self::succeeded(&mut inner, &attempt);
-        let granted = Self::new_session(&mut inner);
+        let granted = Self::new_session(&mut inner, ADMIN).expect("admin exists");
         drop(inner);
         tracing::info!(%client, "admin password set with the setup code");
         Ok(granted)
     }
 
-    /// Checks the admin password (argon2id: slow on purpose, call off the async
-    /// executor) and opens a session, unless the password changed meanwhile.
+    /// `login_with_code` for an account without a second factor.
     pub fn login(
         &self,
         client: IpAddr,
         username: &str,
         password: &str,
     ) -> Result<(String, Session), AuthError> {
+        self.login_with_code(client, username, password, None)
+    }
+
+    /// Checks the password of `username` (argon2id: slow on purpose, call off the
+    /// async executor), then its TOTP or recovery code when it has a second factor,
+    /// and opens a session, unless the account changed meanwhile. A disabled
+    /// account fails as a wrong password does.
+    pub fn login_with_code(
+        &self,
+        client: IpAddr,
+        username: &str,
+        password: &str,
+        code: Option<&str>,
+    ) -> Result<(String, Session), AuthError> {
         let (attempt, hash, generation) = {
             let mut inner = self.lock();
-            let hash = inner.admin_hash.clone().ok_or(AuthError::NotSetUp)?;
-            let attempt = self.reserve(&mut inner, client)?;
-            (attempt, hash, inner.generation)
+            if !inner
+                .accounts
+                .values()
+                .any(|a| a.rec.password_hash.is_some())
+            {
+                return Err(AuthError::NotSetUp);
+            }
+            let attempt = self.reserve(&mut inner, client, username)?;
+            let account = inner.accounts.get(username).filter(|a| !a.rec.disabled);
+            (
+                attempt,
+                account.and_then(|a| a.rec.password_hash.clone()),
+                account.map(|a| a.generation),
+            )
         };
-        let ok = username == "admin" && password.len() <= MAX_PASSWORD_LEN && {
-            let permit = self.permit(&attempt, client)?;
-            match verify_password(&hash, password.as_bytes(), &permit) {
-                Ok(ok) => ok,
-                Err(e) => {
-                    drop(permit);
-                    Self::unreserve(&mut self.lock(), &attempt);
-                    return Err(e);
+        // A name that does not exist (or cannot log in) fails without a slow hash,
+        // counted the same.
+        let ok = match &hash {
+            Some(hash) if password.len() <= MAX_PASSWORD_LEN => {
+                let permit = self.permit(&attempt, client)?;
+                match verify_password(hash, password.as_bytes(), &permit) {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        drop(permit);
+                        Self::unreserve(&mut self.lock(), &attempt);
+                        return Err(e);
+                    }
                 }
             }
+            _ => false,
         };
         if !ok {
             // Already counted by `reserve`.
-            tracing::warn!(%client, "failed login");
+            tracing::warn!(%client, user = username, "failed login");
             return Err(AuthError::WrongPassword);
         }
         let mut inner = self.lock();
-        if inner.generation != generation {
+        let Some(account) = inner
+            .accounts
+            .get_mut(username)
+            .filter(|a| Some(a.generation) == generation && !a.rec.disabled)
+        else {
             // Checked against a password that is gone: it opens nothing now.
             Self::unreserve(&mut inner, &attempt);
-            tracing::warn!(%client, "login refused: the password changed while it was checked");
-            return Err(if inner.admin_hash.is_none() {
-                AuthError::NotSetUp
+            tracing::warn!(%client, user = username, "login refused: the account changed while it was checked");
+            return Err(AuthError::WrongPassword);
+        };
+        if let Some(t) = account.rec.totp.clone() {
+            // The attempt stays counted until the second factor passes too.
+            let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+                return Err(AuthError::CodeRequired);
+            };
+            if let Some(step) = totp::check(&t.secret, username, code) {
+                if step <= account.last_step {
+                    tracing::warn!(%client, user = username, "authenticator code replayed");
+                    return Err(AuthError::WrongCode);
+                }
+                account.last_step = step;
+            } else if let Some(i) = totp::find_recovery(&t.recovery_codes, code) {
+                let rec = &mut account.rec;
+                rec.totp.as_mut().expect("checked").recovery_codes.remove(i);
+                // Not stored as used: it must not open a session either.
+                self.persist(&inner)?;
+                tracing::warn!(%client, user = username, "recovery code used");
             } else {
-                AuthError::WrongPassword
-            });
+                tracing::warn!(%client, user = username, "wrong authenticator code");
+                return Err(AuthError::WrongCode);
+            }
         }
         Self::succeeded(&mut inner, &attempt);
-        let granted = Self::new_session(&mut inner);
+        let granted = Self::new_session(&mut inner, username).expect("account checked");
         drop(inner);
-        tracing::info!(%client, "admin logged in");
+        tracing::info!(%client, user = username, "logged in");
         Ok(granted)
     }
 
-    /// A new session of the current generation; the caller holds the lock, so it
-    /// cannot outlive a password change that came first.
-    fn new_session(inner: &mut Inner) -> (String, Session) {
+    /// A new session of `user`'s current generation; the caller holds the lock,
+    /// so it cannot outlive a password change that came first.
+    fn new_session(inner: &mut Inner, user: &str) -> Option<(String, Session)> {
+        let account = inner.accounts.get(user)?;
         let token = random_hex(32);
         let now = Instant::now();
         let session = Session {
             csrf_token: random_hex(32),
-            user: "admin".into(),
-            role: Role::Administrator,
+            user: user.to_owned(),
+            role: account.rec.role,
             via_token: false,
             created: now,
             last_seen: now,
-            generation: inner.generation,
+            generation: account.generation,
         };
         let limits = inner.session_limits;
         inner.sessions.retain(|_, s| s.valid(now, &limits));
@@ -698,26 +995,42 @@ impl Auth {
             }
         }
         inner.sessions.insert(token.clone(), session.clone());
-        (token, session)
+        Some((token, session))
     }
 
-    /// The live session behind a cookie token, refreshing its idle timer.
+    /// The live session behind a cookie token, refreshing its idle timer. Its role
+    /// is the account's now.
     pub fn session(&self, token: &str) -> Option<Session> {
         let mut inner = self.lock();
         let now = Instant::now();
-        let generation = inner.generation;
         let limits = inner.session_limits;
-        let valid = match inner.sessions.get_mut(token) {
-            Some(s) if s.valid(now, &limits) && s.generation == generation => {
-                s.last_seen = now;
-                Some(s.clone())
-            }
+        let Inner {
+            sessions, accounts, ..
+        } = &mut *inner;
+        let valid = match sessions.get_mut(token) {
+            Some(s) if s.valid(now, &limits) => accounts
+                .get(&s.user)
+                .filter(|a| a.generation == s.generation && !a.rec.disabled)
+                .map(|a| {
+                    s.last_seen = now;
+                    s.role = a.rec.role;
+                    s.clone()
+                }),
             _ => None,
         };
         if valid.is_none() {
             inner.sessions.remove(token);
         }
         valid
+    }
+
+    /// The role of an enabled account (what an API token of it may do now).
+    pub fn account_role(&self, user: &str) -> Option<Role> {
+        self.lock()
+            .accounts
+            .get(user)
+            .filter(|a| !a.rec.disabled)
+            .map(|a| a.rec.role)
     }
 
     /// New lifetimes (the access policy); open sessions are held to them at once.
@@ -729,30 +1042,298 @@ impl Auth {
         self.lock().sessions.remove(token);
     }
 
-    /// Forgets the admin password (the local console menu: physical access is the
-    /// authority), ends every session and makes a new one-time setup code, so the
-    /// web setup runs again. Returns the new code.
+    /// Forgets the `admin` account's password and second factor (the local console
+    /// menu: physical access is the authority), ends its sessions and makes a new
+    /// one-time setup code, so the web setup runs again for it (and makes it an
+    /// enabled administrator, anew if it was deleted). Other accounts stay.
+    /// Returns the new code.
     pub fn reset_admin_password(&self) -> Result<String, AuthError> {
-        let store = |e: keel_core::StoreError| AuthError::Store(e.to_string());
         let code = new_setup_code();
         let mut inner = self.lock();
         // The code first: a crash in between leaves the old password in force (a
         // stale code file is ignored while admin.json exists), never no way in.
         keel_core::store::write_atomic(&self.dir.join("setup-code"), code.as_bytes(), 0o600)
-            .map_err(store)?;
+            .map_err(store_err)?;
+        if let Some(a) = inner.accounts.get_mut(ADMIN) {
+            a.rec.password_hash = None;
+            a.rec.totp = None;
+        }
         // Durably gone: after a power cut the old password must not come back.
-        ADMIN_FILE
-            .remove(&self.dir.join("admin.json"))
-            .map_err(store)?;
-        inner.admin_hash = None;
+        self.persist(&inner)?;
         inner.setup_code = Some(code.clone());
-        inner.generation += 1;
-        inner.sessions.clear();
+        inner.end_sessions(ADMIN);
         tracing::warn!(
-            "admin password reset from the local console: every session ended, new setup \
+            "admin password reset from the local console: its sessions ended, new setup \
              code created (shown on the local console only)"
         );
         Ok(code)
+    }
+
+    /// Every account, by name.
+    pub fn users(&self) -> Vec<keel_api::User> {
+        self.lock()
+            .accounts
+            .values()
+            .map(|a| user_view(&a.rec))
+            .collect()
+    }
+
+    /// Adds an account (by an administrator: hashes the password off the lock).
+    pub fn add_user(&self, new: &keel_api::NewUser) -> Result<keel_api::User, AuthError> {
+        if let Some(p) = name_problem(&new.name) {
+            return Err(AuthError::BadUserName(p));
+        }
+        if self.lock().accounts.contains_key(&new.name) {
+            return Err(AuthError::UserExists(new.name.clone()));
+        }
+        if let Some(p) = password_problem(&new.password, &new.name, &policy::hostname()) {
+            return Err(AuthError::WeakPassword(p));
+        }
+        let hash = self.hash_new(&new.password)?;
+        let mut inner = self.lock();
+        if inner.accounts.contains_key(&new.name) {
+            return Err(AuthError::UserExists(new.name.clone()));
+        }
+        let rec = UserRecord {
+            name: new.name.clone(),
+            role: new.role,
+            password_hash: Some(hash),
+            disabled: false,
+            created: crate::status::now_rfc3339(),
+            totp: None,
+        };
+        let view = user_view(&rec);
+        inner.insert(rec);
+        if let Err(e) = self.persist(&inner) {
+            inner.accounts.remove(&new.name);
+            return Err(e);
+        }
+        tracing::info!(user = %new.name, role = new.role.as_str(), "user added");
+        Ok(view)
+    }
+
+    /// Whether taking `name` out of the enabled administrators leaves one.
+    fn check_keeps_an_admin(inner: &Inner, name: &str) -> Result<(), AuthError> {
+        let a = &inner.accounts[name];
+        if a.rec.role == Role::Administrator && !a.rec.disabled && inner.enabled_admins() <= 1 {
+            return Err(AuthError::Refused(format!(
+                "{name} is the last enabled administrator: add or enable another first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Disables or enables an account, or changes its role (by `actor`, an
+    /// administrator). Disabling ends its sessions at once.
+    pub fn change_user(
+        &self,
+        actor: &str,
+        name: &str,
+        change: &keel_api::UserChange,
+    ) -> Result<keel_api::User, AuthError> {
+        let mut inner = self.lock();
+        let Some(before) = inner.accounts.get(name).map(|a| a.rec.clone()) else {
+            return Err(AuthError::NoSuchUser(name.to_owned()));
+        };
+        let disable = change.disabled == Some(true) && !before.disabled;
+        let demote = change.role == Some(Role::Auditor) && before.role == Role::Administrator;
+        if name == actor && (disable || demote) {
+            return Err(AuthError::Refused(
+                "you cannot disable your own account or take away your own role; ask \
+                 another administrator"
+                    .into(),
+            ));
+        }
+        if disable || demote {
+            Self::check_keeps_an_admin(&inner, name)?;
+        }
+        let account = inner.accounts.get_mut(name).expect("checked");
+        if let Some(d) = change.disabled {
+            account.rec.disabled = d;
+        }
+        if let Some(r) = change.role {
+            account.rec.role = r;
+        }
+        let view = user_view(&account.rec);
+        if let Err(e) = self.persist(&inner) {
+            inner.accounts.get_mut(name).expect("checked").rec = before;
+            return Err(e);
+        }
+        if disable {
+            inner.end_sessions(name);
+        }
+        tracing::info!(
+            user = name,
+            by = actor,
+            disabled = view.disabled,
+            role = view.role.as_str(),
+            "user changed"
+        );
+        Ok(view)
+    }
+
+    /// Deletes an account (by `actor`); its sessions end at once.
+    pub fn delete_user(&self, actor: &str, name: &str) -> Result<(), AuthError> {
+        let mut inner = self.lock();
+        if !inner.accounts.contains_key(name) {
+            return Err(AuthError::NoSuchUser(name.to_owned()));
+        }
+        if name == actor {
+            return Err(AuthError::Refused(
+                "you cannot delete your own account; ask another administrator".into(),
+            ));
+        }
+        Self::check_keeps_an_admin(&inner, name)?;
+        let removed = inner.accounts.remove(name).expect("checked");
+        if let Err(e) = self.persist(&inner) {
+            inner.accounts.insert(name.to_owned(), removed);
+            return Err(e);
+        }
+        inner.sessions.retain(|_, s| s.user != name);
+        tracing::info!(user = name, by = actor, "user deleted");
+        Ok(())
+    }
+
+    /// Checks `password` of `user` for a change of its own credentials: counted
+    /// like a login (a stolen session must not become a password oracle).
+    fn check_own_password(
+        &self,
+        client: IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<(Attempt, u64), AuthError> {
+        let (attempt, hash, generation) = {
+            let mut inner = self.lock();
+            let attempt = self.reserve(&mut inner, client, user)?;
+            let a = inner.accounts.get(user);
+            (
+                attempt,
+                a.and_then(|a| a.rec.password_hash.clone()),
+                a.map(|a| a.generation).unwrap_or_default(),
+            )
+        };
+        let ok = match hash {
+            Some(h) if password.len() <= MAX_PASSWORD_LEN => {
+                let permit = self.permit(&attempt, client)?;
+                verify_password(&h, password.as_bytes(), &permit).inspect_err(|_| {
+                    Self::unreserve(&mut self.lock(), &attempt);
+                })?
+            }
+            _ => false,
+        };
+        if !ok {
+            tracing::warn!(%client, user, "wrong current password");
+            return Err(AuthError::Refused("the current password is wrong".into()));
+        }
+        Ok((attempt, generation))
+    }
+
+    /// The user's own password change: the current one must be right; every other
+    /// session of the account ends, the one behind `token` stays.
+    pub fn change_password(
+        &self,
+        client: IpAddr,
+        token: &str,
+        user: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AuthError> {
+        if let Some(p) = password_problem(new, user, &policy::hostname()) {
+            return Err(AuthError::WeakPassword(p));
+        }
+        let (attempt, generation) = self.check_own_password(client, user, current)?;
+        let hash = self.hash_new(new).inspect_err(|_| {
+            Self::unreserve(&mut self.lock(), &attempt);
+        })?;
+        let mut inner = self.lock();
+        Self::succeeded(&mut inner, &attempt);
+        let Some(account) = inner
+            .accounts
+            .get_mut(user)
+            .filter(|a| a.generation == generation)
+        else {
+            return Err(AuthError::Refused(
+                "the account changed meanwhile; log in again".into(),
+            ));
+        };
+        let before = account.rec.password_hash.replace(hash);
+        if let Err(e) = self.persist(&inner) {
+            inner
+                .accounts
+                .get_mut(user)
+                .expect("checked")
+                .rec
+                .password_hash = before;
+            return Err(e);
+        }
+        let keep = inner.sessions.remove(token);
+        inner.end_sessions(user);
+        if let Some(mut s) = keep {
+            s.generation = inner.accounts[user].generation;
+            inner.sessions.insert(token.to_owned(), s);
+        }
+        tracing::info!(%client, user, "password changed by its user");
+        Ok(())
+    }
+
+    /// Starts a TOTP enrolment for `user`: a new secret, in force only once
+    /// `totp_confirm` sees a code made with it.
+    pub fn totp_begin(&self, user: &str) -> Result<keel_api::TotpEnrolment, AuthError> {
+        let secret = totp::new_secret();
+        let uri = totp::uri(&secret, user, &policy::hostname())?;
+        let mut inner = self.lock();
+        let a = inner
+            .accounts
+            .get_mut(user)
+            .ok_or_else(|| AuthError::NoSuchUser(user.to_owned()))?;
+        a.pending_totp = Some(secret.clone());
+        Ok(keel_api::TotpEnrolment { secret, uri })
+    }
+
+    /// Puts the enrolment in force when `code` was made with its secret; the ten
+    /// recovery codes, shown this once.
+    pub fn totp_confirm(&self, user: &str, code: &str) -> Result<Vec<String>, AuthError> {
+        let mut inner = self.lock();
+        let a = inner
+            .accounts
+            .get_mut(user)
+            .ok_or_else(|| AuthError::NoSuchUser(user.to_owned()))?;
+        let secret = a.pending_totp.clone().ok_or(AuthError::NoEnrolment)?;
+        let step = totp::check(&secret, user, code.trim()).ok_or(AuthError::WrongCode)?;
+        let (codes, hashes) = totp::recovery_codes();
+        let before = a.rec.totp.replace(TotpRecord {
+            secret,
+            recovery_codes: hashes,
+        });
+        let previous_step = std::mem::replace(&mut a.last_step, step);
+        if let Err(e) = self.persist(&inner) {
+            let a = inner.accounts.get_mut(user).expect("checked");
+            a.rec.totp = before;
+            a.last_step = previous_step;
+            return Err(e);
+        }
+        inner.accounts.get_mut(user).expect("checked").pending_totp = None;
+        tracing::info!(user, "second factor (TOTP) enrolled");
+        Ok(codes)
+    }
+
+    /// Removes the second factor of `user` (its password must be right).
+    pub fn totp_remove(&self, client: IpAddr, user: &str, password: &str) -> Result<(), AuthError> {
+        let (attempt, _) = self.check_own_password(client, user, password)?;
+        let mut inner = self.lock();
+        Self::succeeded(&mut inner, &attempt);
+        let a = inner
+            .accounts
+            .get_mut(user)
+            .ok_or_else(|| AuthError::NoSuchUser(user.to_owned()))?;
+        let before = a.rec.totp.take();
+        a.pending_totp = None;
+        if let Err(e) = self.persist(&inner) {
+            inner.accounts.get_mut(user).expect("checked").rec.totp = before;
+            return Err(e);
+        }
+        tracing::info!(user, "second factor (TOTP) removed");
+        Ok(())
     }
 }
 
@@ -818,17 +1399,19 @@ mod tests {
         let a = Auth::open(dir.path()).unwrap();
         assert_eq!(a.setup_code().unwrap(), code);
         assert_eq!(
-            a.setup(CLIENT, "AAAA-AAAA-AAAA", "long enough")
+            a.setup(CLIENT, "AAAA-AAAA-AAAA", "long enough password")
                 .unwrap_err(),
             AuthError::WrongSetupCode
         );
         assert_eq!(
             a.setup(CLIENT, &code, "short").unwrap_err(),
-            AuthError::WeakPassword
+            AuthError::WeakPassword(
+                "the password is too short: it needs at least 12 characters (5 given)".into()
+            )
         );
         assert!(a.setup_required());
         let (token, session) = a
-            .setup(CLIENT, &code.to_lowercase(), "long enough")
+            .setup(CLIENT, &code.to_lowercase(), "long enough password")
             .unwrap();
         assert!(a.session(&token).unwrap().csrf_matches(&session.csrf_token));
         assert!(!a.setup_required());
@@ -837,12 +1420,12 @@ mod tests {
         let a = Auth::open(dir.path()).unwrap();
         assert!(!a.setup_required());
         assert_eq!(
-            a.setup(CLIENT, &code, "long enough").unwrap_err(),
+            a.setup(CLIENT, &code, "long enough password").unwrap_err(),
             AuthError::AlreadySetUp
         );
-        assert!(a.login(CLIENT, "admin", "long enough").is_ok());
+        assert!(a.login(CLIENT, "admin", "long enough password").is_ok());
         let hash = std::fs::read_to_string(dir.path().join("admin.json")).unwrap();
-        assert!(hash.contains("$argon2id$") && !hash.contains("long enough"));
+        assert!(hash.contains("$argon2id$") && !hash.contains("long enough password"));
     }
 
     #[test]
@@ -947,7 +1530,7 @@ mod tests {
             || matches!(e, AuthError::RateLimited(Throttle::Source(_)))));
         // Refused attempts did not count against the account: another address
         // logs in, and the noisy one stays locked out even with the password.
-        assert_eq!(a.lock().account.len(), MAX_FAILURES);
+        assert_eq!(a.lock().accounts[ADMIN].failures.len(), MAX_FAILURES);
         assert!(a.login(ip("192.0.2.99"), "admin", "correct horse").is_ok());
         assert!(matches!(
             a.login(CLIENT, "admin", "correct horse"),
@@ -972,9 +1555,8 @@ mod tests {
         for i in 0..sources {
             let client = ip(&format!("203.0.113.{i}"));
             for _ in 0..MAX_FAILURES {
-                // A wrong user name fails without a (slow) hash, counted the same.
                 assert_eq!(
-                    a.login(client, "root", "wrong").unwrap_err(),
+                    a.login(client, "admin", "wrong").unwrap_err(),
                     AuthError::WrongPassword
                 );
             }
@@ -1078,7 +1660,7 @@ mod tests {
         assert!(a.login(CLIENT, "admin", "correct horse").is_ok());
         let inner = a.lock();
         assert!(inner.sources.is_empty());
-        assert_eq!(inner.account.len(), MAX_FAILURES - 1);
+        assert_eq!(inner.accounts[ADMIN].failures.len(), MAX_FAILURES - 1);
     }
 
     #[test]
@@ -1094,10 +1676,12 @@ mod tests {
         // The right code with a weak password is no guess either.
         assert_eq!(
             a.setup(CLIENT, &code, "short").unwrap_err(),
-            AuthError::WeakPassword
+            AuthError::WeakPassword(
+                "the password is too short: it needs at least 12 characters (5 given)".into()
+            )
         );
         let inner = a.lock();
-        assert!(inner.sources.is_empty() && inner.account.is_empty());
+        assert!(inner.sources.is_empty() && inner.unknown.is_empty());
     }
 
     #[test]
@@ -1111,7 +1695,7 @@ mod tests {
                 let (a, start) = (a.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    a.setup(CLIENT, "AAAA-AAAA-AAAA", "long enough")
+                    a.setup(CLIENT, "AAAA-AAAA-AAAA", "long enough password")
                         .unwrap_err()
                 })
             })
@@ -1123,10 +1707,12 @@ mod tests {
             .count();
         assert_eq!(wrong, MAX_FAILURES, "{results:?}");
         assert!(matches!(
-            a.setup(CLIENT, &code, "long enough"),
+            a.setup(CLIENT, &code, "long enough password"),
             Err(AuthError::RateLimited(Throttle::Source(_)))
         ));
-        assert!(a.setup(ip("192.0.2.3"), &code, "long enough").is_ok());
+        assert!(a
+            .setup(ip("192.0.2.3"), &code, "long enough password")
+            .is_ok());
     }
 
     #[test]
@@ -1146,7 +1732,7 @@ mod tests {
             AuthError::RateLimited(Throttle::Busy)
         );
         assert!(started.elapsed() >= Duration::from_millis(200));
-        assert!(a.lock().sources.is_empty() && a.lock().account.is_empty());
+        assert!(a.lock().sources.is_empty() && a.lock().accounts[ADMIN].failures.is_empty());
         // With the queue taken, the next is refused at once.
         let a2 = a.clone();
         let waiter = std::thread::spawn(move || a2.gate.acquire().is_some());
@@ -1239,12 +1825,130 @@ mod tests {
         let code = a.setup_code().unwrap();
         let (old, _) = a.setup(CLIENT, &code, "correct horse").unwrap();
         // A session the store still holds from an older generation is void.
-        a.lock().generation += 1;
+        let g = a.lock().fresh_generation();
+        a.lock().accounts.get_mut(ADMIN).unwrap().generation = g;
         assert!(a.session(&old).is_none());
         let code = a.reset_admin_password().unwrap();
         let (token, _) = a.setup(CLIENT, &code, "battery staple").unwrap();
         assert!(a.session(&token).is_some());
         assert_eq!(a.lock().sessions.len(), 1);
+    }
+
+    fn new_user(name: &str, role: Role) -> keel_api::NewUser {
+        keel_api::NewUser {
+            name: name.into(),
+            role,
+            password: format!("{} has a long phrase", name.len()),
+        }
+    }
+
+    #[test]
+    fn admin_json_becomes_the_admin_account_and_stays_written_for_older_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a slot from before accounts left behind.
+        let (_old, a) = set_up(AuthLimits::default());
+        let admin_json = std::fs::read(_old.path().join("admin.json")).unwrap();
+        drop(a);
+        std::fs::write(dir.path().join("admin.json"), &admin_json).unwrap();
+        let a = Auth::open(dir.path()).unwrap();
+        assert!(!a.setup_required());
+        assert!(a.login(CLIENT, ADMIN, "correct horse").is_ok());
+        assert_eq!(a.users()[0].role, Role::Administrator);
+        assert!(
+            !dir.path().join("users.json").exists(),
+            "written on the first change"
+        );
+        a.add_user(&new_user("carol", Role::Auditor)).unwrap();
+        let users = std::fs::read_to_string(dir.path().join("users.json")).unwrap();
+        assert!(
+            users.contains("\"format\": 1") && users.contains("carol"),
+            "{users}"
+        );
+        // The older slot still finds the admin hash it knows.
+        assert_eq!(
+            std::fs::read(dir.path().join("admin.json")).unwrap(),
+            admin_json
+        );
+
+        // An older slot (after a rollback) changed the admin password: admin.json wins.
+        let (_other, b) = set_up(AuthLimits::default());
+        let code = b.reset_admin_password().unwrap();
+        b.setup(CLIENT, &code, "battery staple").unwrap();
+        std::fs::copy(
+            _other.path().join("admin.json"),
+            dir.path().join("admin.json"),
+        )
+        .unwrap();
+        let a = Auth::open(dir.path()).unwrap();
+        assert!(a.login(CLIENT, ADMIN, "battery staple").is_ok());
+        assert!(a.login(ip("192.0.2.77"), ADMIN, "correct horse").is_err());
+        assert!(a.login(CLIENT, "carol", "5 has a long phrase").is_ok());
+        // ...or reset it (admin.json gone): admin waits for the setup code again.
+        std::fs::remove_file(dir.path().join("admin.json")).unwrap();
+        let a = Auth::open(dir.path()).unwrap();
+        assert!(a.setup_required() && !a.nobody_can_log_in());
+        assert!(a.login(CLIENT, "carol", "5 has a long phrase").is_ok());
+    }
+
+    #[test]
+    fn never_the_last_enabled_administrator() {
+        let (_dir, a) = set_up(AuthLimits::default());
+        a.add_user(&new_user("carol", Role::Auditor)).unwrap();
+        // Whoever asks (even an account that is not there any more, as a token of
+        // a deleted account would), the last administrator stays.
+        let refused = |r: Result<keel_api::User, AuthError>| match r {
+            Err(AuthError::Refused(m)) => m,
+            other => panic!("{:?}", other.map(|u| u.name)),
+        };
+        let disable = keel_api::UserChange {
+            disabled: Some(true),
+            role: None,
+        };
+        let demote = keel_api::UserChange {
+            disabled: None,
+            role: Some(Role::Auditor),
+        };
+        assert!(
+            refused(a.change_user("carol", ADMIN, &disable)).contains("last enabled administrator")
+        );
+        assert!(
+            refused(a.change_user("carol", ADMIN, &demote)).contains("last enabled administrator")
+        );
+        assert!(matches!(
+            a.delete_user("carol", ADMIN),
+            Err(AuthError::Refused(_))
+        ));
+        // With a second one, either may go.
+        a.add_user(&new_user("dave", Role::Administrator)).unwrap();
+        a.change_user("dave", ADMIN, &disable).unwrap();
+        assert!(refused(a.change_user("carol", "dave", &disable)).contains("last enabled"));
+        assert!(matches!(
+            a.add_user(&new_user("Bad Name", Role::Auditor)),
+            Err(AuthError::BadUserName(_))
+        ));
+    }
+
+    #[test]
+    fn the_local_reset_brings_admin_back_and_leaves_the_others() {
+        let (dir, a) = set_up(AuthLimits::default());
+        a.add_user(&new_user("dave", Role::Administrator)).unwrap();
+        a.add_user(&new_user("carol", Role::Auditor)).unwrap();
+        let (dave, _) = a.login(CLIENT, "dave", "4 has a long phrase").unwrap();
+        a.delete_user("dave", ADMIN).unwrap();
+        assert!(!dir.path().join("admin.json").exists());
+        assert!(!a.setup_required());
+        let code = a.reset_admin_password().unwrap();
+        assert!(a.setup_required() && a.session(&dave).is_some());
+        // Others log in meanwhile; the setup makes admin an administrator anew.
+        assert!(a.login(CLIENT, "carol", "5 has a long phrase").is_ok());
+        let (token, s) = a.setup(CLIENT, &code, "battery staple").unwrap();
+        assert_eq!((s.user.as_str(), s.role), (ADMIN, Role::Administrator));
+        assert!(a.session(&token).is_some());
+        assert_eq!(a.users().len(), 3);
+        let a = Auth::open(dir.path()).unwrap();
+        assert!(!a.setup_required());
+        assert!(a.login(CLIENT, ADMIN, "battery staple").is_ok());
+        assert!(a.login(CLIENT, "dave", "4 has a long phrase").is_ok());
     }
 
     #[test]

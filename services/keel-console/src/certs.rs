@@ -58,8 +58,18 @@ impl CertsState {
 
 /// Adds the certificate routes to the console's router, and the store to every
 /// request.
-pub fn with_certs(router: Router, cs: CertsShared) -> Router {
-    router.merge(self::router(cs.clone())).layer(Extension(cs))
+/// The import and answer routes, which take files up to `IMPORT_MAX_BODY` and check
+/// sizes themselves (exempt from `app::refuse_oversized`).
+pub fn own_body_limit(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(API).or_else(|| path.strip_prefix(PAGE)) else {
+        return false;
+    };
+    rest == "/import" || (rest.ends_with("/answer") && rest.matches('/').count() == 2)
+}
+
+/// The store's HTTPS routes, for `app::router_with`.
+pub fn routes(cs: CertsShared) -> Router {
+    self::router(cs.clone()).layer(Extension(cs))
 }
 
 /// A certificate as the status shows it.

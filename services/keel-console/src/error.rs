@@ -42,12 +42,8 @@ impl ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        let status = match e {
-            AuthError::AlreadySetUp | AuthError::NotSetUp => StatusCode::CONFLICT,
-            AuthError::WrongSetupCode | AuthError::WrongPassword => StatusCode::UNAUTHORIZED,
-            AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            AuthError::WeakPassword => StatusCode::UNPROCESSABLE_ENTITY,
-            AuthError::Store(_) => return ApiError::internal(e),
+        let Some(status) = e.status() else {
+            return ApiError::internal(e);
         };
         ApiError::new(status, e.to_string())
     }

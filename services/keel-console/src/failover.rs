@@ -935,7 +935,8 @@ mod tests {
             "not held here",
             "<code>192.0.2.100/24</code> on eth0",
             "Keel 0.3.0",
-            &"cd".repeat(32),
+            // People compare it with a browser's view: AB:CD:... (keel_certs).
+            &["CD"; 32].join(":"),
             "15 ms ago",
             "<th>received</th><td>1234</td>",
             "<th>dropped: bad MAC (wrong key?)</th><td>5</td>",

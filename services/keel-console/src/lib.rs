@@ -8,6 +8,7 @@ pub mod boot;
 pub mod certs;
 pub mod error;
 pub mod failover;
+pub mod layout;
 pub mod local_service;
 pub mod net;
 pub mod status;

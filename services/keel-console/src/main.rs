@@ -45,6 +45,11 @@ struct Args {
     /// self-signed certificate.
     #[arg(long, default_value_t = 15)]
     first_boot_address_wait: u64,
+    /// The shared audit directory: the console writes console.log there and reads
+    /// every service's file (group keel-audit on the appliance). Default: `audit`
+    /// beside the data dir (/data/audit).
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
 }
 
 /// Binds `[::]:port` dual-stack, or 0.0.0.0 on a kernel without IPv6.
@@ -156,18 +161,31 @@ async fn main() -> anyhow::Result<()> {
         requests_dir: args.requests_dir.clone(),
         data_mount: PathBuf::from(keel_core::paths::DATA_DIR),
         tokens: keel_console::tokens::Tokens::open(&args.data_dir).context("API tokens")?,
-        audit: keel_console::audit::AuditLog::open(args.data_dir.join("audit")),
+        audit: keel_console::audit::AuditLog::open(args.audit_dir.clone().unwrap_or_else(|| {
+            args.data_dir
+                .parent()
+                .unwrap_or(&args.data_dir)
+                .join("audit")
+        })),
         access: keel_console::access::Access::open(&args.data_dir),
     });
+
+    // Sessions and TLS under the stored access policy before the first connection.
+    state
+        .access
+        .apply_at_start(&state.auth, Some(resolver.clone()));
 
     let certs_state = certs::CertsState::new(state.clone(), cert_store, resolver.clone());
     let local = keel_core::local_api::bind(&args.socket, 0o600)?;
     tokio::spawn(keel_core::local_api::serve(
         local,
-        app::local_router(state.clone()).merge(certs::local_router(certs_state.clone())),
+        keel_console::audit::local(
+            app::local_router(state.clone()).merge(certs::local_router(certs_state.clone())),
+            state.clone(),
+        ),
     ));
 
-    let router = certs::with_certs(app::router(state.clone()), certs_state);
+    let router = app::router_with(state.clone(), certs::routes(certs_state));
     // One limiter for every listener: the limits are on the process's descriptors.
     let limiter = tls::ConnLimiter::new(connection_limits());
     for addr in &args.https {

@@ -1,5 +1,6 @@
-//! Networking: `/appliance/api/v1/net/...` and the *Networking › IP configuration*
-//! page. keel-netd (CAP_NET_ADMIN) validates and applies; the console forwards.
+//! Networking: `/appliance/api/v1/net/...` and the *Networking › IP configuration*,
+//! *NTP servers* and *Hostname & DNS* pages. keel-netd (CAP_NET_ADMIN) validates
+//! and applies; the console forwards.
 //!
 //! Commit-confirm: a change is applied at once and reverted unless confirmed in the
 //! window. netd accepts the confirmation only from the front end that made the
@@ -139,6 +140,8 @@ pub struct IfaceRow {
     /// A VLAN's parent and ID (both empty for a port).
     pub vlan_parent: String,
     pub vlan_id: String,
+    /// A refusal about this interface, shown in its fieldset.
+    pub problem: String,
 }
 
 impl IfaceRow {
@@ -182,6 +185,87 @@ struct IpPage {
     dns_servers: String,
     dns_search: String,
     ntp_servers: String,
+    /// Refusals by form field (`gateway4`, `newvlan`, ...), shown beside it.
+    problems: HashMap<String, String>,
+    /// In force now, learned or configured: `10.0.2.2 on eth0 (DHCP)`.
+    gateways_now: Vec<String>,
+    /// DNS servers DHCP handed out: `10.0.2.3 on eth0 (DHCP)`.
+    dns_now: Vec<String>,
+}
+
+impl IpPage {
+    fn problem(&self, key: &str) -> &str {
+        self.problems.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// Puts each part of a refusal beside the input it is about; what fits no
+    /// input stays at the top of the page.
+    fn place(&mut self, msg: String) {
+        let mut labels: Vec<(String, String)> = self
+            .rows
+            .iter()
+            .map(|r| (r.name.clone(), format!("if{}", r.k)))
+            .collect();
+        let new_name = if self.new_vlan.name.is_empty() {
+            format!("{}.{}", self.new_vlan.parent, self.new_vlan.id)
+        } else {
+            self.new_vlan.name.clone()
+        };
+        labels.push((new_name, "newvlan".into()));
+        let (mut problems, rest) = place(&msg, &labels);
+        for r in &mut self.rows {
+            if let Some(p) = problems.remove(&format!("if{}", r.k)) {
+                r.problem = p;
+            }
+        }
+        self.problems = problems;
+        self.error = rest;
+    }
+}
+
+/// What netd (`keel_netd::fields::subject`) and this module's form parsing begin
+/// a refusal with, and the form field it is about.
+const FIELD_LABELS: &[(&str, &str)] = &[
+    ("NTP servers", "ntp_servers"),
+    ("DNS servers", "dns_servers"),
+    ("DNS search domains", "dns_search"),
+    ("hostname", "hostname"),
+    ("default gateway IPv4", "gateway4"),
+    ("default gateway IPv6", "gateway6"),
+    ("static route", "routes"),
+    ("static routes", "routes"),
+    ("new VLAN", "newvlan"),
+];
+
+/// Splits a refusal (parts joined by `; `) by the field each part is about:
+/// `extra` (label, field) pairs first (interface names), then `FIELD_LABELS`.
+/// Parts about no known field are returned joined, for the top of the page.
+fn place(msg: &str, extra: &[(String, String)]) -> (HashMap<String, String>, Option<String>) {
+    let mut placed: HashMap<String, String> = HashMap::new();
+    let mut rest: Vec<&str> = Vec::new();
+    for part in msg.split("; ") {
+        let key = extra
+            .iter()
+            .map(|(l, k)| (l.as_str(), k.as_str()))
+            .chain(FIELD_LABELS.iter().copied())
+            .find(|(label, _)| {
+                part.strip_prefix(label)
+                    .is_some_and(|r| r.starts_with([':', ' ', ',']))
+            })
+            .map(|(_, k)| k);
+        match key {
+            Some(k) => {
+                let e = placed.entry(k.to_owned()).or_default();
+                if !e.is_empty() {
+                    e.push_str("; ");
+                }
+                e.push_str(part);
+            }
+            None => rest.push(part),
+        }
+    }
+    let rest = (!rest.is_empty()).then(|| rest.join("; "));
+    (placed, rest)
 }
 
 fn render(status: StatusCode, page: IpPage) -> Response {
@@ -232,6 +316,7 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
             vlan_id: vlan_of(c, &i.name)
                 .map(|v| v.id.to_string())
                 .unwrap_or_default(),
+            problem: String::new(),
         })
         .collect();
     // Wired ports the configuration does not name yet (they get DHCP meanwhile).
@@ -249,6 +334,7 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
                 live: live(&l.name),
                 vlan_parent: String::new(),
                 vlan_id: String::new(),
+                problem: String::new(),
             });
         }
     }
@@ -287,6 +373,31 @@ fn page_from(csrf: String, s: &NetState) -> IpPage {
         dns_servers: join(&c.dns.servers, " "),
         dns_search: c.dns.search.join(" "),
         ntp_servers: c.ntp_servers.join("\n"),
+        problems: HashMap::new(),
+        gateways_now: s
+            .learned
+            .gateways
+            .iter()
+            .map(|g| {
+                let from = match g.source.as_str() {
+                    "dhcp" => "DHCP",
+                    "ra" => "router advertisement",
+                    "config" => "this configuration",
+                    _ => "set outside this configuration",
+                };
+                format!("{} on {} ({from})", g.gateway, g.interface)
+            })
+            .collect(),
+        dns_now: s
+            .learned
+            .dns
+            .iter()
+            .flat_map(|d| {
+                d.servers
+                    .iter()
+                    .map(move |a| format!("{a} on {} (DHCP)", d.interface))
+            })
+            .collect(),
     }
 }
 
@@ -314,6 +425,7 @@ fn empty_page(csrf: String, why: String) -> IpPage {
             source: String::new(),
             pending: None,
             links: Vec::new(),
+            learned: Default::default(),
         },
     );
     p.unavailable = Some(why);
@@ -481,7 +593,7 @@ fn config_from_form(f: &HashMap<String, String>) -> Result<Value, String> {
     Ok(config)
 }
 
-/// The form as submitted, for showing it again beside an error.
+/// The form as submitted, with the refusal beside the fields at fault.
 fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> IpPage {
     let get = |k: &str| f.get(k).cloned().unwrap_or_default();
     let mut rows = Vec::new();
@@ -502,6 +614,7 @@ fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> I
             live: String::new(),
             vlan_parent: get(&format!("if{k}_vlan_parent")),
             vlan_id: get(&format!("if{k}_vlan_id")),
+            problem: String::new(),
         });
     }
     let new_vlan = NewVlan {
@@ -513,9 +626,9 @@ fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> I
         mtu: get("newvlan_mtu"),
     };
     let parents = parent_options(&rows, &new_vlan.parent);
-    IpPage {
+    let mut page = IpPage {
         csrf,
-        error: Some(error),
+        error: None,
         notice: None,
         unavailable: None,
         pending: None,
@@ -529,7 +642,12 @@ fn page_from_form(csrf: String, f: &HashMap<String, String>, error: String) -> I
         dns_servers: get("dns_servers"),
         dns_search: get("dns_search"),
         ntp_servers: get("ntp_servers"),
-    }
+        problems: HashMap::new(),
+        gateways_now: Vec::new(),
+        dns_now: Vec::new(),
+    };
+    page.place(error);
+    page
 }
 
 #[derive(Template)]
@@ -588,6 +706,276 @@ async fn ip_submit(
     }
 }
 
+// ---- Pages for one part of the configuration (NTP servers, hostname & DNS) -------
+
+/// A page that edits some top-level members of netd's configuration and leaves
+/// the rest as it runs; the change goes through the same commit-confirm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Ntp,
+    Dns,
+}
+
+impl Part {
+    fn from_back(back: &str) -> Option<Part> {
+        match back {
+            "ntp" => Some(Part::Ntp),
+            "dns" => Some(Part::Dns),
+            _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Part::Ntp => "/appliance/network/ntp",
+            Part::Dns => "/appliance/network/dns",
+        }
+    }
+
+    /// The form fields of the page.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Part::Ntp => &["ntp_servers"],
+            Part::Dns => &["hostname", "dns_servers", "dns_search"],
+        }
+    }
+
+    /// The form's values for a configuration.
+    fn values(self, c: &NetConfig) -> PartValues {
+        PartValues {
+            ntp_servers: c.ntp_servers.join("\n"),
+            hostname: c.hostname.clone(),
+            dns_servers: join(&c.dns.servers, " "),
+            dns_search: c.dns.search.join(" "),
+        }
+    }
+
+    /// `config` (JSON of the running configuration) with the submitted members.
+    fn apply(self, config: &mut Value, f: &HashMap<String, String>) {
+        let get = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+        match self {
+            Part::Ntp => config["ntp_servers"] = json!(words(&get("ntp_servers"))),
+            Part::Dns => {
+                config["hostname"] = json!(get("hostname"));
+                config["dns"] = json!({
+                    "servers": words(&get("dns_servers")),
+                    "search": words(&get("dns_search")),
+                });
+            }
+        }
+    }
+}
+
+/// The inputs of a part page (those a page does not show stay empty).
+#[derive(Default)]
+struct PartValues {
+    ntp_servers: String,
+    hostname: String,
+    dns_servers: String,
+    dns_search: String,
+}
+
+impl PartValues {
+    fn from_form(f: &HashMap<String, String>) -> Self {
+        let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+        Self {
+            ntp_servers: get("ntp_servers"),
+            hostname: get("hostname"),
+            dns_servers: get("dns_servers"),
+            dns_search: get("dns_search"),
+        }
+    }
+}
+
+/// What a part page shows, whichever template renders it.
+struct PartView {
+    csrf: String,
+    error: Option<String>,
+    notice: Option<String>,
+    unavailable: Option<String>,
+    pending: Option<NetPending>,
+    values: PartValues,
+    problems: HashMap<String, String>,
+    /// In force now: the NTP servers, or the DNS servers.
+    live: Vec<String>,
+    hostname_now: String,
+}
+
+impl PartView {
+    fn new(csrf: String, s: Option<&NetState>) -> Self {
+        let running = s.map(|s| &s.running);
+        Self {
+            csrf,
+            error: None,
+            notice: None,
+            unavailable: None,
+            pending: s.and_then(|s| s.pending.clone()),
+            values: running.map(|c| Part::Ntp.values(c)).unwrap_or_default(),
+            problems: HashMap::new(),
+            live: Vec::new(),
+            hostname_now: running.map(|c| c.hostname.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+macro_rules! part_page {
+    ($name:ident, $path:literal) => {
+        #[derive(Template)]
+        #[template(path = $path)]
+        struct $name {
+            csrf: String,
+            error: Option<String>,
+            notice: Option<String>,
+            unavailable: Option<String>,
+            pending: Option<NetPending>,
+            values: PartValues,
+            problems: HashMap<String, String>,
+            live: Vec<String>,
+            #[allow(dead_code)] // shown by the DNS page only
+            hostname_now: String,
+        }
+
+        impl $name {
+            fn problem(&self, key: &str) -> &str {
+                self.problems.get(key).map(String::as_str).unwrap_or("")
+            }
+        }
+
+        impl From<PartView> for $name {
+            fn from(v: PartView) -> Self {
+                Self {
+                    csrf: v.csrf,
+                    error: v.error,
+                    notice: v.notice,
+                    unavailable: v.unavailable,
+                    pending: v.pending,
+                    values: v.values,
+                    problems: v.problems,
+                    live: v.live,
+                    hostname_now: v.hostname_now,
+                }
+            }
+        }
+    };
+}
+
+part_page!(NtpPage, "net_ntp.html");
+part_page!(DnsPage, "net_dns.html");
+
+fn part_render(part: Part, status: StatusCode, v: PartView) -> Response {
+    let html = match part {
+        Part::Ntp => NtpPage::from(v).render(),
+        Part::Dns => DnsPage::from(v).render(),
+    };
+    match html {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// The page for netd's state now (or saying why there is none).
+fn part_view(part: Part, csrf: String, s: Result<&NetState, String>) -> PartView {
+    match s {
+        Ok(s) => {
+            let mut v = PartView::new(csrf, Some(s));
+            v.values = part.values(&s.running);
+            v.live = match part {
+                Part::Ntp => s.running.ntp_servers.clone(),
+                Part::Dns => s
+                    .running
+                    .dns
+                    .servers
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+            };
+            v
+        }
+        Err(why) => {
+            let mut v = PartView::new(csrf, None);
+            v.unavailable = Some(why);
+            v
+        }
+    }
+}
+
+async fn part_page(part: Part, st: Shared, headers: HeaderMap) -> Response {
+    let Some((_, session)) = st.session(&headers) else {
+        return Redirect::to("/appliance/").into_response();
+    };
+    let s = call::<(), NetState>("GET", "/state", None).await;
+    let v = part_view(
+        part,
+        session.csrf_token,
+        s.as_ref().map_err(|e| e.message.clone()),
+    );
+    part_render(part, StatusCode::OK, v)
+}
+
+async fn part_submit(
+    part: Part,
+    st: Shared,
+    headers: HeaderMap,
+    f: HashMap<String, String>,
+) -> Response {
+    let csrf = match form_check(&st, &headers, &f) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    // The rest of the configuration as it runs now; only this page's part changes.
+    let result = match call::<(), NetState>("GET", "/state", None).await {
+        Ok(s) => {
+            let mut config = serde_json::to_value(&s.running).unwrap_or(Value::Null);
+            part.apply(&mut config, &f);
+            propose(config, None).await.map(|_| s)
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => Redirect::to(part.path()).into_response(),
+        Err(e) => {
+            let state = call::<(), NetState>("GET", "/state", None).await.ok();
+            let mut v = PartView::new(csrf, state.as_ref());
+            v.live = part_view(part, String::new(), state.as_ref().ok_or_else(String::new)).live;
+            v.values = PartValues::from_form(&f);
+            let (problems, rest) = place(&e.message, &[]);
+            // A refusal about a member this page does not show stays at the top.
+            let (mine, others): (HashMap<_, _>, HashMap<_, _>) = problems
+                .into_iter()
+                .partition(|(k, _)| part.keys().contains(&k.as_str()));
+            v.problems = mine;
+            let mut top: Vec<String> = others.into_values().collect();
+            top.extend(rest);
+            v.error = (!top.is_empty()).then(|| top.join("; "));
+            part_render(part, e.status, v)
+        }
+    }
+}
+
+async fn ntp_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    part_page(Part::Ntp, st, headers).await
+}
+
+async fn ntp_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    part_submit(Part::Ntp, st, headers, f).await
+}
+
+async fn dns_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    part_page(Part::Dns, st, headers).await
+}
+
+async fn dns_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    part_submit(Part::Dns, st, headers, f).await
+}
+
 async fn decide(
     st: Shared,
     headers: HeaderMap,
@@ -600,14 +988,34 @@ async fn decide(
     };
     let result =
         call::<_, NetState>("POST", &format!("/{verb}"), Some(&json!({"owner": OWNER}))).await;
+    let notice = if verb == "confirm" {
+        "The change is confirmed and saved."
+    } else {
+        "The previous configuration is back."
+    };
+    // Confirmed from the NTP or DNS page: back there.
+    if let Some(part) = f.get("back").and_then(|b| Part::from_back(b)) {
+        let (status, error, s) = match result {
+            Ok(s) => (StatusCode::OK, None, Ok(s)),
+            Err(e) => (
+                e.status,
+                Some(e.message),
+                call::<(), NetState>("GET", "/state", None)
+                    .await
+                    .map_err(|e| e.message),
+            ),
+        };
+        let mut v = part_view(part, csrf, s.as_ref().map_err(String::clone));
+        if error.is_none() {
+            v.notice = Some(notice.into());
+        }
+        v.error = error;
+        return part_render(part, status, v);
+    }
     match result {
         Ok(s) => {
             let mut p = page_from(csrf, &s);
-            p.notice = Some(if verb == "confirm" {
-                "The change is confirmed and saved.".into()
-            } else {
-                "The previous configuration is back.".into()
-            });
+            p.notice = Some(notice.into());
             render(StatusCode::OK, p)
         }
         Err(e) => match call::<(), NetState>("GET", "/state", None).await {
@@ -645,6 +1053,8 @@ pub fn router() -> Router<Shared> {
         .route("/appliance/api/v1/net/confirm", post(api_confirm))
         .route("/appliance/api/v1/net/cancel", post(api_cancel))
         .route("/appliance/network/ip", get(ip_page).post(ip_submit))
+        .route("/appliance/network/ntp", get(ntp_page).post(ntp_submit))
+        .route("/appliance/network/dns", get(dns_page).post(dns_submit))
         .route("/appliance/network/confirm", post(confirm_submit))
         .route("/appliance/network/cancel", post(cancel_submit))
 }
@@ -780,6 +1190,7 @@ mod tests {
             source: "file".into(),
             pending: None,
             links: Vec::new(),
+            learned: Default::default(),
         };
         let page = page_from("t".into(), &state);
         assert!(!page.rows[0].is_vlan());

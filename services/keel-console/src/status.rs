@@ -100,6 +100,13 @@ pub fn keel_processes() -> Vec<ProcessMemory> {
         else {
             continue;
         };
+        // `comm` is one short read; the whole `status` only for keel processes (the
+        // box runs ~100 others, kernel threads included, on every status request).
+        let is_keel =
+            std::fs::read(entry.path().join("comm")).is_ok_and(|c| c.starts_with(b"keel"));
+        if !is_keel {
+            continue;
+        }
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
         };

@@ -24,7 +24,65 @@ pub struct CertResolver {
     serving: RwLock<Arc<Serving>>,
     /// One server config per local address, each knowing its address; they all
     /// read `serving` at handshake time, so a swap needs no new configs.
-    configs: Mutex<HashMap<IpAddr, Arc<rustls::ServerConfig>>>,
+    configs: Mutex<Configs>,
+}
+
+/// The configs made so far and the policy they were made under (one lock: a config
+/// built while the policy changes cannot outlive the change).
+#[derive(Debug, Default)]
+struct Configs {
+    policy: TlsPolicy,
+    by_local: HashMap<IpAddr, Arc<rustls::ServerConfig>>,
+}
+
+/// The protocol versions and cipher suites new handshakes may use (the console's
+/// access policy). rustls implements no CBC suite, no RSA key exchange and no TLS
+/// below 1.2, so even `default` offers only AEAD suites with ECDHE.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub min_version: keel_api::MinTlsVersion,
+    pub ciphers: keel_api::CipherPolicy,
+}
+
+impl TlsPolicy {
+    pub fn versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static FROM_12: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self.min_version {
+            keel_api::MinTlsVersion::Tls12 => &FROM_12,
+            keel_api::MinTlsVersion::Tls13 => &ONLY_13,
+        }
+    }
+
+    /// ring's provider with the policy's suites: `default` keeps all nine,
+    /// `strict` keeps the six with 256-bit keys (drops the AES-128-GCM ones).
+    pub fn provider(&self) -> rustls::crypto::CryptoProvider {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let mut provider = rustls::crypto::ring::default_provider();
+        if self.ciphers == keel_api::CipherPolicy::Strict {
+            provider.cipher_suites = vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ];
+        }
+        provider
+    }
+
+    /// The suites offered under this policy (IANA names), for the page and API.
+    pub fn suite_names(&self) -> Vec<String> {
+        let versions = self.versions();
+        self.provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| versions.contains(&s.version()))
+            .map(|s| format!("{:?}", s.suite()))
+            .collect()
+    }
 }
 
 impl CertResolver {
@@ -35,8 +93,23 @@ impl CertResolver {
     pub fn from_serving(serving: Serving) -> Self {
         Self {
             serving: RwLock::new(Arc::new(serving)),
-            configs: Mutex::new(HashMap::new()),
+            configs: Mutex::default(),
         }
+    }
+
+    /// New protocol versions and suites for the handshakes from now on; open
+    /// connections keep what they negotiated.
+    pub fn set_policy(&self, policy: TlsPolicy) {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        configs.policy = policy;
+        configs.by_local.clear();
+    }
+
+    pub fn policy(&self) -> TlsPolicy {
+        self.configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .policy
     }
 
     /// Replaces the default certificate only.
@@ -68,18 +141,21 @@ impl CertResolver {
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let local = local.to_canonical();
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = configs.get(&local) {
+        if let Some(c) = configs.by_local.get(&local) {
             return Ok(c.clone());
         }
         // Addresses come and go (DHCP, failover); never grow without bound.
-        if configs.len() >= 64 {
-            configs.clear();
+        if configs.by_local.len() >= 64 {
+            configs.by_local.clear();
         }
-        let config = Arc::new(build_config(Arc::new(LocalResolver {
-            shared: self.clone(),
-            local,
-        }))?);
-        configs.insert(local, config.clone());
+        let config = Arc::new(build_config(
+            Arc::new(LocalResolver {
+                shared: self.clone(),
+                local,
+            }),
+            configs.policy,
+        )?);
+        configs.by_local.insert(local, config.clone());
         Ok(config)
     }
 }
@@ -105,20 +181,21 @@ impl ResolvesServerCert for LocalResolver {
 
 fn build_config(
     resolver: Arc<dyn ResolvesServerCert>,
+    policy: TlsPolicy,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(policy.provider()))
+        .with_protocol_versions(policy.versions())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// One config for every connection (no choice by local address).
+/// One config for every connection (no choice by local address), under the
+/// resolver's policy as it is now.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
-    build_config(resolver)
+    let policy = resolver.policy();
+    build_config(resolver, policy)
 }
 
 /// Where `serve_https` gets the TLS config of an accepted connection.

@@ -27,6 +27,32 @@ struct SetupPage {
 struct LoginPage {
     csrf: String,
     error: Option<String>,
+    /// The user name typed, kept after an error.
+    username: String,
+    /// The `admin` account waits for its password: link the setup form.
+    setup_pending: bool,
+    /// The account has a second factor: the code field gets the focus.
+    ask_code: bool,
+}
+
+/// Which page a visitor without a session sees.
+enum Pre {
+    Setup,
+    Login {
+        username: String,
+        setup_pending: bool,
+        ask_code: bool,
+    },
+}
+
+impl Pre {
+    fn login(st: &AppState) -> Self {
+        Pre::Login {
+            username: String::new(),
+            setup_pending: st.auth.setup_required(),
+            ask_code: false,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -65,28 +91,34 @@ fn render(status: StatusCode, page: impl Template) -> Response {
 fn pre_session_page(
     headers: &HeaderMap,
     status: StatusCode,
-    setup: bool,
+    pre: Pre,
     error: Option<String>,
 ) -> Response {
     let csrf = app::cookie(headers, PRE_COOKIE)
         .filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| random_hex(16));
-    let mut resp = if setup {
-        render(
+    let mut resp = match pre {
+        Pre::Setup => render(
             status,
             SetupPage {
                 csrf: csrf.clone(),
                 error,
             },
-        )
-    } else {
-        render(
+        ),
+        Pre::Login {
+            username,
+            setup_pending,
+            ask_code,
+        } => render(
             status,
             LoginPage {
                 csrf: csrf.clone(),
                 error,
+                username,
+                setup_pending,
+                ask_code,
             },
-        )
+        ),
     };
     let cookie = format!("{PRE_COOKIE}={csrf}; Path=/appliance; Secure; HttpOnly; SameSite=Strict");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -113,13 +145,22 @@ fn human_duration(secs: u64) -> String {
 }
 
 async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
-    if st.auth.setup_required() {
-        return pre_session_page(&headers, StatusCode::OK, true, None);
+    if st.auth.nobody_can_log_in() {
+        return pre_session_page(&headers, StatusCode::OK, Pre::Setup, None);
     }
     match st.session(&headers) {
         Some((_, session)) => basics(&st, session.csrf_token, None).await,
-        None => pre_session_page(&headers, StatusCode::OK, false, None),
+        None => pre_session_page(&headers, StatusCode::OK, Pre::login(&st), None),
     }
+}
+
+/// The setup form while `admin` waits for its password (other accounts may log
+/// in meanwhile, so `/appliance/` shows the login).
+async fn setup_html(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    if !st.auth.setup_required() {
+        return Redirect::to("/appliance/").into_response();
+    }
+    pre_session_page(&headers, StatusCode::OK, Pre::Setup, None)
 }
 
 async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response {
@@ -179,7 +220,7 @@ async fn setup_submit(
         return pre_session_page(
             &headers,
             StatusCode::FORBIDDEN,
-            true,
+            Pre::Setup,
             Some("The form expired or came from another site; please try again.".into()),
         );
     }
@@ -187,7 +228,7 @@ async fn setup_submit(
         return pre_session_page(
             &headers,
             StatusCode::UNPROCESSABLE_ENTITY,
-            true,
+            Pre::Setup,
             Some("The two passwords differ.".into()),
         );
     }
@@ -200,7 +241,7 @@ async fn setup_submit(
     match result {
         Ok(Ok((token, _))) => logged_in(&token),
         Ok(Err(AuthError::AlreadySetUp)) => Redirect::to("/appliance/").into_response(),
-        Ok(Err(e)) => pre_session_page(&headers, status_of(&e), true, Some(e.to_string())),
+        Ok(Err(e)) => pre_session_page(&headers, status_of(&e), Pre::Setup, Some(e.to_string())),
         Err(e) => crate::error::ApiError::internal(e).into_response(),
     }
 }
@@ -210,7 +251,12 @@ struct LoginForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
+    username: String,
+    #[serde(default)]
     password: String,
+    /// Authenticator or recovery code; empty for an account without one.
+    #[serde(default)]
+    code: String,
 }
 
 async fn login_submit(
@@ -223,17 +269,31 @@ async fn login_submit(
         return pre_session_page(
             &headers,
             StatusCode::FORBIDDEN,
-            false,
+            Pre::login(&st),
             Some("The form expired or came from another site; please try again.".into()),
         );
     }
     let client = app::client_ip(&ext);
     let st2 = st.clone();
-    let result =
-        tokio::task::spawn_blocking(move || st2.auth.login(client, "admin", &form.password)).await;
+    let username = form.username.trim().to_owned();
+    crate::audit::attempted(&ext, &username);
+    let user = username.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let code = Some(form.code.as_str()).filter(|c| !c.trim().is_empty());
+        st2.auth
+            .login_with_code(client, &user, &form.password, code)
+    })
+    .await;
     match result {
         Ok(Ok((token, _))) => logged_in(&token),
-        Ok(Err(e)) => pre_session_page(&headers, status_of(&e), false, Some(e.to_string())),
+        Ok(Err(e)) => {
+            let pre = Pre::Login {
+                ask_code: matches!(e, AuthError::CodeRequired | AuthError::WrongCode),
+                setup_pending: st.auth.setup_required(),
+                username,
+            };
+            pre_session_page(&headers, status_of(&e), pre, Some(e.to_string()))
+        }
         Err(e) => crate::error::ApiError::internal(e).into_response(),
     }
 }
@@ -322,20 +382,103 @@ async fn power_submit(
     )
 }
 
+/// The step between a click on *Restart* or *Shut down* and the act: a page that
+/// says what happens, with a form that carries the CSRF token and `confirm=yes`.
+#[derive(Template)]
+#[template(path = "power_confirm.html")]
+struct PowerConfirmPage {
+    csrf: String,
+    error: Option<String>,
+    heading: &'static str,
+    text: &'static str,
+    action: &'static str,
+    button: &'static str,
+}
+
+fn power_confirm_page(csrf: String, action: PowerAction) -> Response {
+    let (heading, text, path, button) = match action {
+        PowerAction::Reboot => (
+            "Restart the appliance?",
+            "Every console session ends and the services stop while it restarts. \
+             The console is back in about a minute.",
+            "/appliance/system/reboot",
+            "Restart now",
+        ),
+        _ => (
+            "Shut down the appliance?",
+            "Every console session ends and the appliance stays off until someone \
+             switches it on at the device (or its virtual machine is started again).",
+            "/appliance/system/shutdown",
+            "Shut down now",
+        ),
+    };
+    render(
+        StatusCode::OK,
+        PowerConfirmPage {
+            csrf,
+            error: None,
+            heading,
+            text,
+            action: path,
+            button,
+        },
+    )
+}
+
+/// GET of a power action: the confirmation page.
+async fn power_ask(st: Shared, headers: HeaderMap, action: PowerAction) -> Response {
+    match st.session(&headers) {
+        Some((_, session)) => power_confirm_page(session.csrf_token, action),
+        None => Redirect::to("/appliance/").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PowerForm {
+    #[serde(default)]
+    csrf: String,
+    /// `yes` from the confirmation page; without it nothing happens yet.
+    #[serde(default)]
+    confirm: String,
+}
+
+async fn power_form(
+    st: Shared,
+    headers: HeaderMap,
+    form: PowerForm,
+    action: PowerAction,
+) -> Response {
+    if form.confirm != "yes" {
+        return match form_session(&st, &headers, &form.csrf) {
+            Ok(_) => power_ask(st, headers, action).await,
+            Err(resp) => *resp,
+        };
+    }
+    power_submit(st, headers, CsrfForm { csrf: form.csrf }, action).await
+}
+
+async fn shutdown_ask(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    power_ask(st, headers, PowerAction::Poweroff).await
+}
+
+async fn reboot_ask(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    power_ask(st, headers, PowerAction::Reboot).await
+}
+
 async fn shutdown_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<PowerForm>,
 ) -> Response {
-    power_submit(st, headers, form, PowerAction::Poweroff).await
+    power_form(st, headers, form, PowerAction::Poweroff).await
 }
 
 async fn reboot_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<PowerForm>,
 ) -> Response {
-    power_submit(st, headers, form, PowerAction::Reboot).await
+    power_form(st, headers, form, PowerAction::Reboot).await
 }
 
 #[derive(Deserialize)]
@@ -378,10 +521,16 @@ pub fn router() -> Router<Shared> {
     Router::new()
         .route("/appliance", get(index))
         .route("/appliance/", get(index))
-        .route("/appliance/setup", post(setup_submit))
+        .route("/appliance/setup", get(setup_html).post(setup_submit))
         .route("/appliance/login", post(login_submit))
         .route("/appliance/logout", post(logout_submit))
-        .route("/appliance/system/shutdown", post(shutdown_submit))
-        .route("/appliance/system/reboot", post(reboot_submit))
+        .route(
+            "/appliance/system/shutdown",
+            get(shutdown_ask).post(shutdown_submit),
+        )
+        .route(
+            "/appliance/system/reboot",
+            get(reboot_ask).post(reboot_submit),
+        )
         .route("/appliance/system/factory-reset", post(reset_submit))
 }

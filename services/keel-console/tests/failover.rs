@@ -218,7 +218,10 @@ async fn failover_page_api_and_key() {
 
     let page = common::page(&http, &served.url("/appliance/failover")).await;
     assert!(page.contains("none: this appliance stands alone"), "{page}");
-    assert!(page.contains(&o.fingerprint), "{page}");
+    assert!(
+        page.contains(&keel_certs::fingerprint_display(&o.fingerprint)),
+        "{page}"
+    );
     assert!(
         page.contains("action=\"/appliance/failover/establish\""),
         "{page}"

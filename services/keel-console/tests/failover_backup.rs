@@ -223,9 +223,9 @@ async fn serve_with_certs(data: &Path) -> String {
         keel_certs::CertStore::open(dir.join("certs"), dir.join("tls")).unwrap(),
     );
     let resolver = std::sync::Arc::new(tls::CertResolver::from_serving(store.serving().unwrap()));
-    let router = certs::with_certs(
-        app::router(state.clone()),
-        certs::CertsState::new(state, store, resolver.clone()),
+    let router = app::router_with(
+        state.clone(),
+        certs::routes(certs::CertsState::new(state, store, resolver.clone())),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!(
@@ -295,7 +295,10 @@ async fn a_backup_console_says_so_and_leaves_the_primary_s_settings_alone() {
     let page = common::page(&http, &url("/appliance/failover")).await;
     assert!(page.contains(&backup_of), "{page}");
     assert!(page.contains("<strong>backup</strong>"), "{page}");
-    assert!(page.contains(&peer.fingerprint), "{page}");
+    assert!(
+        page.contains(&keel_certs::fingerprint_display(&peer.fingerprint)),
+        "{page}"
+    );
     assert!(page.contains("action=\"/appliance/failover/become-primary\""));
     assert!(!page.contains("action=\"/appliance/failover/establish\""));
     assert!(!page.contains("action=\"/appliance/failover/sync\""));

@@ -402,8 +402,165 @@ async fn html_console_setup_and_basics_page() {
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let page = common::page(&http, &c.url("/appliance/")).await;
     assert!(page.contains("Status › Basics"), "{page}");
-    assert!(page.contains(&c.fingerprint));
+    // Shown as browsers show it (AB:CD:...), the API keeps the bare hex.
+    assert!(
+        page.contains(&keel_certs::fingerprint_display(&c.fingerprint)),
+        "{page}"
+    );
+    assert!(!page.contains(&c.fingerprint), "{page}");
     // Escaping: nothing a client controls is rendered raw (hostname etc. come from
     // the kernel, but the template engine escapes every field).
     assert!(!page.contains("<script"));
+}
+
+#[tokio::test]
+async fn restart_and_shut_down_ask_first_in_the_html_console() {
+    let c = start().await;
+    let (http, _) = c.client();
+    common::set_up(&http, &c.base, c.data.path()).await;
+    let basics = common::page(&http, &c.url("/appliance/")).await;
+    let csrf = common::csrf_of(&basics);
+    // The buttons lead to a page; nothing is requested by opening it.
+    assert!(
+        basics.contains("method=\"get\" action=\"/appliance/system/reboot\""),
+        "{basics}"
+    );
+    for (path, file, question) in [
+        (
+            "/appliance/system/reboot",
+            "reboot",
+            "Restart the appliance?",
+        ),
+        (
+            "/appliance/system/shutdown",
+            "poweroff",
+            "Shut down the appliance?",
+        ),
+    ] {
+        let ask = common::page(&http, &c.url(path)).await;
+        assert!(ask.contains(question), "{ask}");
+        assert!(ask.contains("name=\"confirm\" value=\"yes\""), "{ask}");
+        assert_eq!(
+            common::csrf_of(&ask),
+            csrf,
+            "the form carries the session's token"
+        );
+        // A post without the confirmation (the old one-click form) only asks.
+        let resp = http
+            .post(c.url(path))
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.text().await.unwrap().contains(question));
+        assert!(
+            !c.requests_dir().join(file).exists(),
+            "{file} without confirmation"
+        );
+        // Confirmed, but with another token: refused.
+        let resp = http
+            .post(c.url(path))
+            .form(&[("csrf", "0".repeat(32).as_str()), ("confirm", "yes")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(!c.requests_dir().join(file).exists());
+        // Confirmed from the page: done.
+        let resp = http
+            .post(c.url(path))
+            .form(&[("csrf", csrf.as_str()), ("confirm", "yes")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        assert!(c.requests_dir().join(file).exists(), "{file} requested");
+    }
+    // Without a session the confirmation page is the login page.
+    let (anon, _) = c.client();
+    let resp = anon
+        .get(c.url("/appliance/system/reboot"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!resp
+        .text()
+        .await
+        .unwrap()
+        .contains("Restart the appliance?"));
+}
+
+#[tokio::test]
+async fn api_base_answers_an_index_and_unknown_endpoints_point_at_it() {
+    let c = start().await;
+    let (http, _) = c.client();
+    for path in ["/appliance/api/v1", "/appliance/api/v1/"] {
+        let (status, v) = json_of(http.get(c.url(path)).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {v}");
+        assert_eq!(v["api_version"], "v1", "{v}");
+        assert!(v["name"].as_str().unwrap().contains("Keel"), "{v}");
+        let areas = v["areas"].as_array().unwrap();
+        let paths: Vec<&str> = areas.iter().map(|a| a["path"].as_str().unwrap()).collect();
+        for want in [
+            "/appliance/api/v1/status",
+            "/appliance/api/v1/net/config",
+            "/appliance/api/v1/certs",
+        ] {
+            assert!(paths.contains(&want), "{want} in {paths:?}");
+        }
+        assert!(
+            v["documentation"]["reference"]
+                .as_str()
+                .unwrap()
+                .contains("docs/interfaces.md"),
+            "{v}"
+        );
+        assert!(
+            v["documentation"]["openapi"]
+                .as_str()
+                .unwrap()
+                .starts_with("not yet"),
+            "{v}"
+        );
+        assert!(
+            v.get("product_version").is_none(),
+            "version only to a session: {v}"
+        );
+    }
+    common::set_up(&http, &c.base, c.data.path()).await;
+    let (_, v) = json_of(http.get(c.url("/appliance/api/v1")).send().await.unwrap()).await;
+    assert!(v["product_version"].is_string(), "{v}");
+    // Every endpoint listed exists: with a session, a GET answers anything but the
+    // unknown-endpoint 404 (405 for POST-only ones).
+    for a in v["areas"].as_array().unwrap() {
+        let path = a["path"].as_str().unwrap();
+        if path == "/appliance/api/v1/certs" {
+            // Added by certs::routes over the store, which this server has not
+            // (tests/certs.rs serves it).
+            continue;
+        }
+        let resp = http.get(c.url(path)).send().await.unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body.contains("lists what the API offers")),
+            "{path} is listed but not routed: {status} {body}"
+        );
+    }
+    let (status, e) = json_of(
+        http.get(c.url("/appliance/api/v1/no-such-thing"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("GET /appliance/api/v1 lists"),
+        "{e}"
+    );
 }

@@ -1,5 +1,6 @@
 //! Shared foundation of the Keel services.
 
+pub mod audit;
 pub mod format;
 pub mod local_api;
 pub mod logging;

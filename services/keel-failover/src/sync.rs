@@ -7,7 +7,7 @@
 //!
 //! Interface contract (used by the pairing channel in `pair.rs`): `SyncBackend`.
 //!
-//! **Bundle** (JSON, `bundle_format` 1, file contents base64, at most
+//! **Bundle** (JSON, `bundle_format` 2, file contents base64, at most
 //! [`MAX_BUNDLE_BYTES`]): the files as they are on the primary, with their modes.
 //! It holds the console's password hash, certificate keys and the update proxy
 //! password, so it only ever travels inside the pair's pinned TLS channel and is
@@ -38,8 +38,9 @@ use keel_core::format::FileFormat;
 use keel_core::store::{remove_dir_durable, remove_durable, sync_dir};
 use serde::{Deserialize, Serialize};
 
-/// The bundle format this build writes and reads.
-pub const BUNDLE_FORMAT: u32 = 1;
+/// The bundle format this build writes and reads (and every older one). 2 added
+/// `console_accounts`.
+pub const BUNDLE_FORMAT: u32 = 2;
 /// All files under `/data/shared/` together (base64 in the bundle: 4/3 of it).
 pub const MAX_SHARED_BYTES: u64 = 32 * 1024 * 1024;
 /// Files and directories under `/data/shared/`.
@@ -57,6 +58,9 @@ pub const AGENT_ROOT_ENV: &str = "KEEL_FAILOVER_SYNC_ROOT";
 /// keel-console's `admin.json` (auth.rs `ADMIN_FILE`, format 1: `password_hash`).
 const ADMIN_FILE: FileFormat = FileFormat::first("administrator account");
 const ADMIN: &str = "admin.json";
+/// keel-console's `users.json` (auth.rs `USERS_FILE`, format 1: every account).
+const USERS_FILE: FileFormat = FileFormat::first("console users");
+const USERS: &str = "users.json";
 /// Prefix of every stage; leftovers of a crash are removed by the next apply.
 const STAGE: &str = ".sync-stage-";
 
@@ -102,7 +106,8 @@ fn invalid(m: impl Into<String>) -> SyncError {
 /// Where the synced files live (the image's paths, or all under one root).
 #[derive(Debug, Clone)]
 pub struct SyncPaths {
-    /// `/data/console`: `admin.json` (console users), `certs/` (the store).
+    /// `/data/console`: `users.json` and `admin.json` (console users), `certs/`
+    /// (the store).
     pub console: PathBuf,
     /// `/data/update/settings.json`.
     pub update_settings: PathBuf,
@@ -252,9 +257,16 @@ impl std::fmt::Debug for Data {
 #[serde(deny_unknown_fields)]
 struct Bundle {
     bundle_format: u32,
-    /// `admin.json` and the copies kept of it for older slots; empty when the
-    /// primary has no admin account yet (the backup's then stays).
+    /// `admin.json` (the `admin` account's hash, what consoles from before
+    /// accounts read) and the copies kept of it for older slots; empty when the
+    /// primary has no admin account.
     console_users: Vec<Blob>,
+    /// `users.json` (every console account) and its copies; empty when the
+    /// primary has none (a bundle of format 1, or a console that still has only
+    /// its `admin.json`). Both empty: the primary is not set up, the backup's
+    /// accounts stay.
+    #[serde(default)]
+    console_accounts: Vec<Blob>,
     certificates: Certs,
     /// `settings.json` and its copies; empty: the primary has no update settings.
     update_settings: Vec<Blob>,
@@ -425,6 +437,7 @@ fn walk(
 /// Collects the bundle on the primary.
 pub fn export(paths: &SyncPaths, shared: &[IpAddr]) -> Result<Vec<u8>, SyncError> {
     let console_users = read_with_copies(&paths.console.join(ADMIN))?;
+    let console_accounts = read_with_copies(&paths.console.join(USERS))?;
     let store = paths.certs();
     let served = store.served_on(shared)?;
     let mut entries: Vec<CertEntry> = Vec::new();
@@ -449,6 +462,7 @@ pub fn export(paths: &SyncPaths, shared: &[IpAddr]) -> Result<Vec<u8>, SyncError
     let bundle = Bundle {
         bundle_format: BUNDLE_FORMAT,
         console_users,
+        console_accounts,
         certificates: Certs { served, entries },
         update_settings: read_with_copies(&paths.update_settings)?,
         shared: collect_shared(&paths.shared)?,
@@ -619,6 +633,7 @@ fn entry_files(e: &CertEntry) -> EntryFiles {
 /// owners' readers once staged (see `stage_file_set`).
 fn check(b: &Bundle, shared: &[IpAddr]) -> Result<(usize, u64), SyncError> {
     check_blobs("console users", ADMIN, &b.console_users)?;
+    check_blobs("console users", USERS, &b.console_accounts)?;
     check_blobs("update settings", "settings.json", &b.update_settings)?;
     let mut ids = BTreeSet::new();
     for e in &b.certificates.entries {
@@ -956,13 +971,53 @@ fn read_admin(path: &Path) -> Result<(), SyncError> {
         .read(path)
         .map_err(|e| invalid(format!("console users: {e}")))?
         .ok_or_else(|| invalid("console users: no admin.json"))?;
-    let hash = argon2::password_hash::PasswordHash::new(&rec.password_hash)
-        .map_err(|e| invalid(format!("console users: not a password hash ({e})")))?;
+    check_hash("admin", &rec.password_hash)
+}
+
+/// Every console password hash must be one the console checks: argon2id.
+fn check_hash(user: &str, phc: &str) -> Result<(), SyncError> {
+    let hash = argon2::password_hash::PasswordHash::new(phc)
+        .map_err(|e| invalid(format!("console users: {user}: not a password hash ({e})")))?;
     if hash.algorithm.as_str() != "argon2id" {
         return Err(invalid(format!(
-            "console users: a {} hash, the console checks argon2id",
+            "console users: {user}: a {} hash, the console checks argon2id",
             hash.algorithm
         )));
+    }
+    Ok(())
+}
+
+/// The console's accounts (auth.rs `UsersRecord`), as far as the sync checks them.
+#[derive(Deserialize)]
+struct UsersShape {
+    users: Vec<UserShape>,
+}
+
+#[derive(Deserialize)]
+struct UserShape {
+    name: String,
+    /// `None`: `admin` waits for the setup code.
+    password_hash: Option<String>,
+}
+
+fn read_users(path: &Path) -> Result<(), SyncError> {
+    let rec: UsersShape = USERS_FILE
+        .read(path)
+        .map_err(|e| invalid(format!("console users: {e}")))?
+        .ok_or_else(|| invalid("console users: no users.json"))?;
+    let mut names = BTreeSet::new();
+    for u in &rec.users {
+        if u.name.is_empty() || u.name.len() > 32 || u.name.chars().any(char::is_control) {
+            return Err(invalid(
+                "console users: a user name the console does not take",
+            ));
+        }
+        if !names.insert(u.name.as_str()) {
+            return Err(invalid(format!("console users: {} given twice", u.name)));
+        }
+        if let Some(h) = &u.password_hash {
+            check_hash(&u.name, h)?;
+        }
     }
     Ok(())
 }
@@ -996,7 +1051,7 @@ fn settings_request(s: &keel_update::settings::StoredSettings) -> keel_api::Upda
 pub struct Applied {
     /// The lines for `SyncReport::items`.
     pub items: Vec<String>,
-    /// admin.json changed: the console reads it only when it starts.
+    /// users.json or admin.json changed: the console reads them only when it starts.
     pub console_users_changed: bool,
     /// Certificates or their assignments changed: the console builds its serving
     /// table when it starts and after its own changes.
@@ -1028,13 +1083,23 @@ pub fn apply(paths: &SyncPaths, bytes: &[u8], shared: &[IpAddr]) -> Result<Appli
     let mut plan = Plan::new();
     let mut out = Applied::default();
 
-    if !bundle.console_users.is_empty() {
-        out.console_users_changed = stage_file_set(
+    // Both files as the primary has them (one missing there goes here too: an
+    // admin account deleted there must not come back here through admin.json),
+    // unless the primary has neither.
+    if !bundle.console_users.is_empty() || !bundle.console_accounts.is_empty() {
+        let admin = stage_file_set(
             &mut plan,
             &paths.console.join(ADMIN),
             &bundle.console_users,
             read_admin,
         )?;
+        let users = stage_file_set(
+            &mut plan,
+            &paths.console.join(USERS),
+            &bundle.console_accounts,
+            read_users,
+        )?;
+        out.console_users_changed = admin || users;
         out.items.push("console users".into());
     }
 
@@ -1520,7 +1585,7 @@ mod tests {
 
     #[test]
     fn a_newer_bundle_or_garbage_is_named_as_such() {
-        let e = decode(br#"{"bundle_format": 2, "whatever": []}"#)
+        let e = decode(br#"{"bundle_format": 3, "whatever": []}"#)
             .err()
             .unwrap();
         assert!(e.to_string().contains("newer version"), "{e}");

@@ -51,6 +51,21 @@ fn admin_json(password: &str) -> Vec<u8> {
     format!("{{\n  \"password_hash\": \"{hash}\",\n  \"format\": 1\n}}\n").into_bytes()
 }
 
+/// keel-console's `users.json` with `admin` (the hash of `admin_json`) and an
+/// auditor.
+fn users_json(admin: &[u8]) -> Vec<u8> {
+    let admin: serde_json::Value = serde_json::from_slice(admin).unwrap();
+    let auditor: serde_json::Value =
+        serde_json::from_slice(&admin_json("auditor's long pass")).unwrap();
+    serde_json::to_vec_pretty(&serde_json::json!({"format": 1, "users": [
+        {"name": "admin", "role": "administrator", "password_hash": admin["password_hash"],
+         "disabled": false, "created": "2026-12-01T10:00:00Z"},
+        {"name": "carol", "role": "auditor", "password_hash": auditor["password_hash"],
+         "disabled": false, "created": "2026-12-01T10:00:00Z"},
+    ]}))
+    .unwrap()
+}
+
 fn new_cert(store: &CertStore, name: &str, ip: &str) -> String {
     store
         .create_self_signed(&NewCertRequest {
@@ -131,9 +146,11 @@ struct Pair {
 /// older settings and a stale shared file.
 fn pair() -> Pair {
     let a = Node::new();
+    let a_admin = admin_json("primary-pass");
+    write(&a.file("data/console/admin.json"), &a_admin, 0o600);
     write(
-        &a.file("data/console/admin.json"),
-        &admin_json("primary-pass"),
+        &a.file("data/console/users.json"),
+        &users_json(&a_admin),
         0o600,
     );
     let sa = a.store();
@@ -248,13 +265,14 @@ async fn a_sync_carries_users_certificate_settings_and_shared_data() {
         ]
     );
 
-    // Console users: A's admin.json, byte for byte, still 0600.
-    let admin = "data/console/admin.json";
-    assert_eq!(
-        fs::read(p.b.file(admin)).unwrap(),
-        fs::read(p.a.file(admin)).unwrap()
-    );
-    assert_eq!(mode(&p.b.file(admin)), 0o600);
+    // Console users: A's users.json and admin.json, byte for byte, still 0600.
+    for file in ["data/console/admin.json", "data/console/users.json"] {
+        assert_eq!(
+            fs::read(p.b.file(file)).unwrap(),
+            fs::read(p.a.file(file)).unwrap()
+        );
+        assert_eq!(mode(&p.b.file(file)), 0o600);
+    }
 
     // Certificates: A's on the shared address, B's own one still on its node
     // address, both served by B's store.
@@ -360,7 +378,7 @@ async fn bad_bundles_change_nothing() {
     refused(&p, &bundle[..bundle.len() / 2], "not a sync bundle");
     refused(&p, b"\x1f\x8b garbage", "not a sync bundle");
 
-    let newer = edit(&bundle, |v| v["bundle_format"] = 2.into());
+    let newer = edit(&bundle, |v| v["bundle_format"] = 3.into());
     refused(&p, &newer, "newer version");
 
     for escape in ["../escape", "/etc/escape", "app/../../escape"] {
@@ -383,6 +401,15 @@ async fn bad_bundles_change_nothing() {
         v["console_users"][0]["data"] = base64_of(br#"{"format":1,"password_hash":"plain"}"#);
     });
     refused(&p, &bad_admin, "console users");
+    // Every account's hash is checked, not only admin's.
+    let bad_users = edit(&bundle, |v| {
+        let mut users: serde_json::Value =
+            serde_json::from_slice(&users_json(&admin_json("x"))).unwrap();
+        users["users"][1]["password_hash"] =
+            "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into();
+        v["console_accounts"][0]["data"] = base64_of(&serde_json::to_vec(&users).unwrap());
+    });
+    refused(&p, &bad_users, "carol: a pbkdf2-sha256 hash");
     let bad_key = edit(&bundle, |v| {
         let files = v["certificates"]["entries"][0]["files"]
             .as_array_mut()
@@ -612,11 +639,14 @@ fn keel_failover_sync_agent_runs_on_a_socket_as_stdin_and_stdout() {
 }
 
 /// A primary without an admin account yet leaves the backup's (never a way in by
-/// setup code); one without update settings clears the backup's, copies included.
+/// setup code); one without update settings clears the backup's, copies included;
+/// one whose `admin` account was deleted removes the backup's `admin.json`.
 #[test]
 fn what_the_primary_lacks() {
     let p = pair();
     fs::remove_file(p.a.file("data/console/admin.json")).unwrap();
+    let a_users = fs::read(p.a.file("data/console/users.json")).unwrap();
+    fs::remove_file(p.a.file("data/console/users.json")).unwrap();
     fs::remove_file(&p.a.paths.update_settings).unwrap();
     let copy = p.b.file("data/update/settings.json.format-1");
     write(
@@ -638,6 +668,16 @@ fn what_the_primary_lacks() {
         b_admin
     );
     assert!(!p.b.paths.update_settings.exists() && !copy.exists());
+
+    write(&p.a.file("data/console/users.json"), &a_users, 0o600);
+    let bundle = sync::export(&p.a.paths, &shared_ips()).unwrap();
+    let applied = sync::apply(&p.b.paths, &bundle, &shared_ips()).unwrap();
+    assert!(applied.console_users_changed, "{applied:?}");
+    assert!(!p.b.file("data/console/admin.json").exists());
+    assert_eq!(
+        fs::read(p.b.file("data/console/users.json")).unwrap(),
+        a_users
+    );
 }
 
 /// An `admin.json` in a newer format travels with the copy kept in this build's

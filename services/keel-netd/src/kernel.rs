@@ -571,6 +571,51 @@ impl Kernel {
         }
     }
 
+    /// The default routes of the main table, with the link they leave by and who
+    /// put them there (networkd's DHCP client, router advertisements, netd).
+    pub async fn default_gateways(
+        &self,
+        links: &[NetLink],
+    ) -> Result<Vec<keel_api::NetGateway>, KernelError> {
+        const MAIN_TABLE: u32 = 254;
+        let mut out = Vec::new();
+        for r in self.routes().await? {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let mut table = u32::from(r.header.table);
+            let (mut gw, mut oif) = (None, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Gateway(RouteAddress::Inet(x)) => gw = Some(IpAddr::V4(*x)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(x)) => gw = Some(IpAddr::V6(*x)),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let (Some(gateway), true) = (gw, table == MAIN_TABLE) else {
+                continue;
+            };
+            let source = match r.header.protocol {
+                RouteProtocol::Dhcp => "dhcp",
+                RouteProtocol::Ra => "ra",
+                RouteProtocol::Other(KEEL_PROTO) => "config",
+                _ => "other",
+            };
+            let interface = oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .map(|l| l.name.clone())
+                .unwrap_or_default();
+            out.push(keel_api::NetGateway {
+                gateway,
+                interface,
+                source: source.into(),
+            });
+        }
+        Ok(out)
+    }
+
     async fn routes(&self) -> Result<Vec<RouteMessage>, KernelError> {
         let mut all = Vec::new();
         for msg in [

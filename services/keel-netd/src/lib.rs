@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod defaults;
+pub mod fields;
 pub mod files;
 pub mod kernel;
+pub mod leases;
 pub mod netns;
 pub mod plan;
 pub mod render;

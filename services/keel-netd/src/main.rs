@@ -49,6 +49,10 @@ struct Args {
     /// Re-apply the running configuration every this many seconds; 0 = never.
     #[arg(long, default_value_t = 10)]
     reconcile_seconds: u64,
+    /// The shared audit directory: changes keelctl and the local menu make go to
+    /// <audit-dir>/netd.log. Default: <data-dir>/audit.
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -78,6 +82,11 @@ impl Args {
 async fn run(args: Args) -> anyhow::Result<()> {
     let kernel = keel_netd::kernel::Kernel::connect().context("netlink")?;
     let netd = Netd::start(args.settings(), kernel).await?;
+    let audit_dir = args
+        .audit_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("audit"));
+    keel_core::audit::init(audit_dir, "netd");
     let listener = keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?;
     tokio::spawn(keel_core::local_api::serve(
         listener,

@@ -209,6 +209,17 @@ impl Netd {
 
     pub async fn state(&self) -> Result<NetState, NetdError> {
         let links = self.kernel.links().await?;
+        let learned = keel_api::NetLearned {
+            gateways: self.kernel.default_gateways(&links).await?,
+            dns: self
+                .settings
+                .files
+                .networkd_dir
+                .as_deref()
+                .and_then(crate::leases::dir_for)
+                .map(|d| crate::leases::learned_dns(&d, &links))
+                .unwrap_or_default(),
+        };
         let st = self.state.lock().await;
         Ok(NetState {
             running: st
@@ -223,6 +234,7 @@ impl Netd {
                 .as_ref()
                 .map(|p| Self::pending_view(p, &st.confirmed)),
             links,
+            learned,
         })
     }
 

@@ -159,6 +159,27 @@ fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
                         .await
                         .unwrap();
                     }
+                    // The gateway DHCP gave, as netd's state reports it.
+                    "learned" => {
+                        let s = netd.state().await.unwrap();
+                        let g = &s.learned.gateways;
+                        assert!(
+                            g.iter().any(|g| g.gateway.to_string() == "10.77.0.1"
+                                && g.interface == "eth0"
+                                && g.source == "dhcp"),
+                            "{g:?}"
+                        );
+                    }
+                    "learned-static" => {
+                        let s = netd.state().await.unwrap();
+                        let g = &s.learned.gateways;
+                        assert!(
+                            g.iter()
+                                .any(|g| g.gateway.to_string() == "10.77.0.1"
+                                    && g.source == "config"),
+                            "{g:?}"
+                        );
+                    }
                     "wait-revert" => {
                         while netd.pending().await.is_some() {
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -200,6 +221,9 @@ fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
         app.routes(false)
     );
 
+    tx.send("learned").unwrap();
+    done.recv().expect("netd reports the DHCP gateway");
+
     // Static: netd takes eth0 over (networkd is told Unmanaged=yes and restarted).
     tx.send("static").unwrap();
     done.recv().unwrap();
@@ -210,6 +234,9 @@ fn dhcp_lease_from_dnsmasq_static_takeover_and_revert() {
         .routes(false)
         .iter()
         .any(|r| r == "default via 10.77.0.1 dev eth0 proto 77"));
+    tx.send("learned-static").unwrap();
+    done.recv()
+        .expect("netd reports its own gateway as the configuration's");
 
     // Not confirmed: back to DHCP.
     tx.send("wait-revert").unwrap();

@@ -85,17 +85,17 @@ async fn bad_input_gets_4xx_and_leaves_the_running_config() {
         (
             json!({"interfaces": [{"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/33"]}]}),
             400,
-            "config.interfaces[0].addresses[0]",
+            "eth0: 10.0.0.2/33 is not a valid address",
         ),
         (
             json!({"interfaces": [{"name": "eth0", "mode": "static", "addresses": ["banana"]}]}),
             400,
-            "config.interfaces[0].addresses[0]",
+            "eth0: banana is not a valid address",
         ),
         (
             json!({"interfaces": [{"name": "eth5", "mode": "static", "addresses": ["10.0.0.2/24"]}]}),
             422,
-            "interfaces[0].name: unknown interface \"eth5\"",
+            "eth5: unknown interface \"eth5\"",
         ),
         (
             json!({"interfaces": [{"name": "eth0", "mode": "static", "addresses": ["10.0.0.2/24"]}],

@@ -240,7 +240,14 @@ fn print<T: serde::Serialize>(
     Ok(())
 }
 
-pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
+pub async fn run(args: FailoverArgs, remote: Option<&crate::remote::Remote>) -> anyhow::Result<()> {
+    if let Some(r) = remote {
+        let FailoverCommand::Show { json } = args.command else {
+            return Err(crate::remote::local_only("failover (other than show)"));
+        };
+        let o: FailoverOverview = r.get("/failover").await?;
+        return print(json, &o, render_overview);
+    }
     let failover = Client::new(&args.socket);
     match args.command {
         FailoverCommand::Show { json } => {

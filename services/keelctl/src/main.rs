@@ -1,10 +1,12 @@
-//! keelctl: the appliance from the command line, through the services' local sockets.
+//! keelctl: the appliance from the command line, through the services' local sockets,
+//! or with `--url` a remote appliance through its console's JSON API (`remote`).
 
 mod certs;
 mod failover;
 mod menu;
 mod net;
 mod netd_reload;
+mod remote;
 mod time;
 mod update;
 
@@ -28,6 +30,8 @@ struct Cli {
         default_value = "/run/keel/console/api.sock"
     )]
     console_socket: PathBuf,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,7 +131,9 @@ fn render_status(s: &Status) -> String {
     }
     out.push_str(&format!(
         "cert:      {} (until {})\nsha256:    {}\n",
-        s.certificate.subject, s.certificate.not_after, s.certificate.sha256_fingerprint
+        s.certificate.subject,
+        s.certificate.not_after,
+        keel_certs::fingerprint_display(&s.certificate.sha256_fingerprint)
     ));
     for p in &s.processes {
         out.push_str(&format!("memory:    {} {} KiB\n", p.name, p.rss_kib));
@@ -343,9 +349,58 @@ fn apply_requests(dir: &Path, exec: &mut dyn Executor) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The commands a remote console's API carries out (`--url`).
+async fn run_remote(r: &remote::Remote, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Status { json } => {
+            let s: Status = r.get("/status").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", render_status(&s));
+            }
+        }
+        Command::Shutdown => {
+            r.call::<(), serde_json::Value>("POST", "/system/shutdown", None)
+                .await?;
+            println!("shutting down");
+        }
+        Command::Reboot => {
+            r.call::<(), serde_json::Value>("POST", "/system/reboot", None)
+                .await?;
+            println!("restarting");
+        }
+        Command::Reset { yes, poweroff } => {
+            if !yes {
+                bail!(
+                    "a factory reset erases all configuration, passwords, certificates and \
+                     keys; run again with --yes to confirm"
+                );
+            }
+            let body = serde_json::json!({"confirm": "RESET", "power_off": poweroff});
+            r.call::<_, serde_json::Value>("POST", "/system/factory-reset", Some(&body))
+                .await?;
+            println!("factory reset requested; the appliance restarts to carry it out");
+        }
+        Command::Time(args) => time::run(args, Some(r)).await?,
+        Command::Net(args) => net::run(args, Some(r)).await?,
+        Command::Update(args) => update::run(args, Some(r)).await?,
+        Command::Failover(args) => failover::run(args, Some(r)).await?,
+        Command::Banner { .. } => return Err(remote::local_only("banner")),
+        Command::Menu { .. } => return Err(remote::local_only("menu")),
+        Command::Certs { .. } => return Err(remote::local_only("certs")),
+        Command::ApplyRequests { .. } => return Err(remote::local_only("apply-requests")),
+        Command::NetdReload { .. } => return Err(remote::local_only("netd-reload")),
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(r) = remote::Remote::from_args(&cli.remote).await? {
+        return run_remote(&r, cli.command).await;
+    }
     let console = Client::new(&cli.console_socket);
     match cli.command {
         Command::Status { json } => {
@@ -393,10 +448,10 @@ async fn main() -> anyhow::Result<()> {
             println!("factory reset requested; restarting to carry it out");
         }
         Command::Certs { command } => certs::run(&console, command).await?,
-        Command::Time(args) => time::run(args).await?,
-        Command::Net(args) => net::run(args).await?,
-        Command::Update(args) => update::run(args).await?,
-        Command::Failover(args) => failover::run(args).await?,
+        Command::Time(args) => time::run(args, None).await?,
+        Command::Net(args) => net::run(args, None).await?,
+        Command::Update(args) => update::run(args, None).await?,
+        Command::Failover(args) => failover::run(args, None).await?,
         Command::ApplyRequests { dir } => apply_requests(&dir, &mut System)?,
         Command::NetdReload { dir, user } => netd_reload::run(netd_reload::Reload {
             dir,

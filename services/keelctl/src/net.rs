@@ -5,10 +5,12 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Subcommand;
 use keel_api::{NetChangeRequest, NetConfig, NetConfirmRequest, NetPending, NetState};
 use keel_core::local_api::Client;
+
+use crate::remote::Remote;
 
 /// Changes made here are confirmed (or cancelled) here: netd checks the owner.
 const OWNER: &str = "keelctl";
@@ -40,6 +42,18 @@ pub enum NetCommand {
     /// "static", "addresses": ["192.0.2.10/24"]}], "vlans": [{"parent": "eth0", "id": 100}]}
     Set {
         file: PathBuf,
+        /// Confirmation window in seconds (default: netd's, 120).
+        #[arg(long)]
+        confirm_seconds: Option<u64>,
+    },
+    /// Set the NTP servers (the rest of the running configuration is kept);
+    /// reverted unless confirmed within the window, like `set`.
+    Ntp {
+        /// Host names or addresses, optionally with :port.
+        servers: Vec<String>,
+        /// Set an empty list.
+        #[arg(long, conflicts_with = "servers")]
+        clear: bool,
         /// Confirmation window in seconds (default: netd's, 120).
         #[arg(long)]
         confirm_seconds: Option<u64>,
@@ -120,11 +134,70 @@ fn render_pending(p: &NetPending) -> String {
     )
 }
 
-pub async fn run(args: NetArgs) -> anyhow::Result<()> {
-    let netd = Client::new(&args.socket);
+/// keel-netd on this box, or a remote appliance's console (which forwards to its
+/// netd; changes made there are the console's, confirmed by any of its sessions).
+enum Netd<'a> {
+    Local(Client),
+    Remote(&'a Remote),
+}
+
+impl Netd<'_> {
+    async fn state(&self) -> anyhow::Result<NetState> {
+        Ok(match self {
+            Netd::Local(c) => c.call::<(), _>("GET", "/state", None).await?,
+            Netd::Remote(r) => r.get("/net/config").await?,
+        })
+    }
+
+    async fn propose(
+        &self,
+        config: NetConfig,
+        confirm_seconds: Option<u64>,
+    ) -> anyhow::Result<NetPending> {
+        Ok(match self {
+            Netd::Local(c) => {
+                let req = NetChangeRequest {
+                    config,
+                    owner: OWNER.into(),
+                    confirm_seconds,
+                };
+                c.call("PUT", "/config", Some(&req)).await?
+            }
+            Netd::Remote(r) => {
+                let query = confirm_seconds
+                    .map(|s| format!("?confirm_seconds={s}"))
+                    .unwrap_or_default();
+                r.call("PUT", &format!("/net/config{query}"), Some(&config))
+                    .await?
+            }
+        })
+    }
+
+    /// `confirm` or `cancel` the pending change.
+    async fn settle(&self, verb: &str) -> anyhow::Result<NetState> {
+        Ok(match self {
+            Netd::Local(c) => {
+                let owner = NetConfirmRequest {
+                    owner: OWNER.into(),
+                };
+                c.call("POST", &format!("/{verb}"), Some(&owner)).await?
+            }
+            Netd::Remote(r) => {
+                r.call::<(), _>("POST", &format!("/net/{verb}"), None)
+                    .await?
+            }
+        })
+    }
+}
+
+pub async fn run(args: NetArgs, remote: Option<&Remote>) -> anyhow::Result<()> {
+    let netd = match remote {
+        Some(r) => Netd::Remote(r),
+        None => Netd::Local(Client::new(&args.socket)),
+    };
     match args.command {
         NetCommand::Show { json } => {
-            let s: NetState = netd.call::<(), _>("GET", "/state", None).await?;
+            let s = netd.state().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -147,36 +220,28 @@ pub async fn run(args: NetArgs) -> anyhow::Result<()> {
             let config = value.get("running").cloned().unwrap_or(value);
             let config: NetConfig =
                 serde_json::from_value(config).context("not a network configuration")?;
-            let req = NetChangeRequest {
-                config,
-                owner: OWNER.into(),
-                confirm_seconds,
-            };
-            let p: NetPending = netd.call("PUT", "/config", Some(&req)).await?;
+            let p = netd.propose(config, confirm_seconds).await?;
+            print!("applied; {}", render_pending(&p));
+        }
+        NetCommand::Ntp {
+            servers,
+            clear,
+            confirm_seconds,
+        } => {
+            if servers.is_empty() && !clear {
+                bail!("name the NTP servers, or --clear for none");
+            }
+            let mut config = netd.state().await?.running;
+            config.ntp_servers = servers;
+            let p = netd.propose(config, confirm_seconds).await?;
             print!("applied; {}", render_pending(&p));
         }
         NetCommand::Confirm => {
-            let _: NetState = netd
-                .call(
-                    "POST",
-                    "/confirm",
-                    Some(&NetConfirmRequest {
-                        owner: OWNER.into(),
-                    }),
-                )
-                .await?;
+            netd.settle("confirm").await?;
             println!("confirmed and saved");
         }
         NetCommand::Cancel => {
-            let _: NetState = netd
-                .call(
-                    "POST",
-                    "/cancel",
-                    Some(&NetConfirmRequest {
-                        owner: OWNER.into(),
-                    }),
-                )
-                .await?;
+            netd.settle("cancel").await?;
             println!("previous configuration restored");
         }
     }
@@ -203,6 +268,7 @@ mod tests {
             source: "file".into(),
             pending: None,
             links: Vec::new(),
+            learned: Default::default(),
         };
         let out = render_state(&s);
         assert!(out.contains("interface: eth0 dhcp\n"), "{out}");

@@ -113,7 +113,17 @@ fn show(json: bool, value: serde_json::Result<String>, text: impl FnOnce() -> St
     }
 }
 
-pub async fn run(args: TimeArgs) -> anyhow::Result<()> {
+pub async fn run(args: TimeArgs, remote: Option<&crate::remote::Remote>) -> anyhow::Result<()> {
+    if let Some(r) = remote {
+        let TimeCommand::Status { json } = args.command else {
+            return Err(crate::remote::local_only("time (other than status)"));
+        };
+        let v: TimeVerdict = r.get("/time").await?;
+        show(json, serde_json::to_string_pretty(&v), || {
+            render_verdict(&v)
+        });
+        return Ok(());
+    }
     let timed = Client::new(&args.socket);
     match args.command {
         TimeCommand::Status { json } => {

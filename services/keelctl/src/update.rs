@@ -346,7 +346,19 @@ async fn file_body(path: &Path) -> anyhow::Result<FileBody> {
     })
 }
 
-pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
+pub async fn run(args: UpdateArgs, remote: Option<&crate::remote::Remote>) -> anyhow::Result<()> {
+    if let Some(r) = remote {
+        let UpdateCommand::Status { json } = args.command else {
+            return Err(crate::remote::local_only("update (other than status)"));
+        };
+        let s: UpdateStatus = r.get("/update").await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            print!("{}", render_status(&s));
+        }
+        return Ok(());
+    }
     let update = Client::new(&args.socket);
     match args.command {
         UpdateCommand::Status { json } => {

@@ -3,92 +3,37 @@
 //! refused when too short), establish refused with keel-failover's reason,
 //! break without --yes.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
-/// The keel-failover binary of this workspace, built first.
-fn keel_failover_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "keel-failover",
-            "--bin",
-            "keel-failover",
-        ])
-        .status()
-        .expect("cargo build keel-failover");
-    assert!(st.success(), "building keel-failover failed");
-    // target/debug/deps/failover-... → target/debug/keel-failover
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("keel-failover")
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{text, workspace_bin, Daemon};
 
 /// keel-failover with no relationship, its pairing port on loopback.
 fn start(dir: &Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     std::fs::create_dir_all(dir.join("root")).unwrap();
-    let log = std::fs::File::create(dir.join("log")).unwrap();
-    let mut d = Daemon(
-        Command::new(keel_failover_bin())
-            .arg("--config")
-            .arg(dir.join("config.json"))
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--socket")
-            .arg(dir.join("api.sock"))
-            .arg("--pair-listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--sync-root")
-            .arg(dir.join("root"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(st) = d.0.try_wait().unwrap() {
-            panic!(
-                "keel-failover exited ({st}): {}",
-                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-            );
-        }
-        if dir.join("api.sock").exists()
+    let mut cmd = Command::new(workspace_bin("keel-failover"));
+    cmd.arg("--config")
+        .arg(dir.join("config.json"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--socket")
+        .arg(dir.join("api.sock"))
+        .arg("--pair-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--sync-root")
+        .arg(dir.join("root"));
+    let mut d = Daemon::spawn(cmd, dir.join("log"));
+    d.wait_until("keel-failover", || {
+        dir.join("api.sock").exists()
             && keelctl(dir, &["failover", "show"], None, None)
                 .status
                 .success()
-        {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keel-failover did not answer within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    d
 }
 
 fn keelctl(dir: &Path, args: &[&str], stdin: Option<&str>, env_psk: Option<&str>) -> Output {
@@ -113,14 +58,6 @@ fn keelctl(dir: &Path, args: &[&str], stdin: Option<&str>, env_psk: Option<&str>
     }
     drop(input);
     child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
