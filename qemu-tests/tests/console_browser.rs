@@ -2,8 +2,11 @@
 //! WebDriver) against one booted image, the way an admin clicks through it: first
 //! login with the setup code from the serial console, every page of the navigation
 //! (a screenshot of each under build/screenshots/ for review), an address added and
-//! confirmed, a certificate imported from a file. No JavaScript is needed for any of
-//! it: every step is a plain form.
+//! confirmed, a certificate imported from a file, the admin's password changed, an
+//! auditor added who can see but not change, TOTP enrolled and used to log in, and
+//! the audit log listing all of it — written by the unprivileged console into
+//! /data/audit on the real image. No JavaScript is needed for any of it: every step
+//! is a plain form.
 //!
 //! Chromium resolves names by itself (content autofill, updates) unless told not to:
 //! every run passes the resolver rules of NOTES-env and opens the console by IP
@@ -18,6 +21,10 @@ use keel_qemu_tests::{image_or_skip, json_get, log_in, openssl, workspace_root, 
 use thirtyfour::prelude::*;
 
 const PASSWORD: &str = "browser console passphrase";
+/// The admin's password after the change on My account.
+const NEW_PASSWORD: &str = "changed in the browser 2026";
+const AUDITOR: &str = "auditor1";
+const AUDITOR_PASSWORD: &str = "reads but never writes";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// A page load through QEMU's port forward on a busy TCG guest.
@@ -112,15 +119,23 @@ impl Browser {
         field.send_keys(text).await.unwrap();
     }
 
-    /// Clicks the submit button of the form that holds the field or button `css`.
+    /// Clicks the button `css` (every button here submits a form) and waits until
+    /// the page it was on is gone, so the next step sees the answer's page.
     async fn submit(&self, css: &str) {
-        self.web
+        let button = self
+            .web
             .find(By::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        button.click().await.unwrap();
+        let deadline = Instant::now() + PAGE_CEILING;
+        while button.is_present().await.unwrap_or(false) {
+            assert!(
+                Instant::now() < deadline,
+                "{css}: the form's answer never came"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The page's visible text.
@@ -132,6 +147,23 @@ impl Browser {
             .text()
             .await
             .unwrap()
+    }
+
+    async fn log_out(&self) {
+        self.submit("form[action='/appliance/logout'] button").await;
+    }
+
+    /// The login form: user name, password and, when given, the second factor.
+    async fn log_in(&self, base: &str, user: &str, password: &str, code: Option<&str>) {
+        self.open(base).await;
+        self.fill("username", user).await;
+        self.fill("password", password).await;
+        if let Some(code) = code {
+            self.fill("code", code).await;
+        }
+        self.submit("form[action='/appliance/login'] button").await;
+        let page = self.text().await;
+        assert!(page.contains("Log out"), "{user} logged in: {page}");
     }
 
     async fn screenshot(&self, name: &str) {
@@ -158,6 +190,43 @@ impl Drop for Driver {
         self.0.kill().ok();
         self.0.wait().ok();
     }
+}
+
+/// RFC 4648 base32 (no padding needed), as authenticator apps take the secret.
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut value, mut out) = (0u32, 0u64, Vec::new());
+    for c in text.trim_end_matches('=').bytes() {
+        let v = ALPHABET
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .unwrap_or_else(|| panic!("{c:?} in the secret is not base32"));
+        value = (value << 5) | v as u64;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((value >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// The RFC 6238 code (HMAC-SHA-1, 30 s, 6 digits) for time step `step`.
+fn totp(secret: &[u8], step: u64) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    let mac = ring::hmac::sign(&key, &step.to_be_bytes());
+    let h = mac.as_ref();
+    let at = (h[19] & 0x0f) as usize;
+    let n = u32::from_be_bytes([h[at] & 0x7f, h[at + 1], h[at + 2], h[at + 3]]);
+    format!("{:06}", n % 1_000_000)
+}
+
+fn time_step() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
 }
 
 /// A file name for a page's screenshot: its navigation label in lower case.
@@ -205,6 +274,27 @@ fn test_certificate(dir: &Path) -> PathBuf {
     pem.extend(std::fs::read(dir.join("key.pem")).unwrap());
     std::fs::write(&both, pem).unwrap();
     both
+}
+
+/// An API session of the admin after TOTP is on (password + the current code; waits
+/// out a step whose code was already used).
+async fn log_in_totp(vm: &Vm, secret: &[u8]) -> (reqwest::Client, String) {
+    let (http, _) = vm.client();
+    let step = time_step() + 1;
+    while time_step() < step {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (st, body) = keel_qemu_tests::json_post(
+        &http,
+        &vm.url("/appliance/api/v1/login"),
+        serde_json::json!({"username": "admin", "password": NEW_PASSWORD, "code": totp(secret, step)}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "API login with TOTP: {body}");
+    let csrf = body["csrf_token"].as_str().unwrap().to_owned();
+    (http, csrf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,6 +416,147 @@ async fn console_in_a_browser() {
         "the imported certificate is listed: {certs}"
     );
     browser.screenshot("security-certificates-imported").await;
+
+    // My account: the admin's own password.
+    browser.open(&vm.url("/appliance/account")).await;
+    browser.fill("current", PASSWORD).await;
+    browser.fill("password", NEW_PASSWORD).await;
+    browser.fill("password2", NEW_PASSWORD).await;
+    browser
+        .submit("form[action='/appliance/account/password'] button")
+        .await;
+    let page = browser.text().await;
+    assert!(page.to_lowercase().contains("password changed"), "{page}");
+
+    // Users: an auditor.
+    browser.open(&vm.url("/appliance/users")).await;
+    browser.fill("name", AUDITOR).await;
+    browser
+        .web
+        .find(By::Css("#role option[value=auditor]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.fill("password", AUDITOR_PASSWORD).await;
+    browser.fill("password2", AUDITOR_PASSWORD).await;
+    browser
+        .submit("form[action='/appliance/users/add'] button")
+        .await;
+    let users = browser.text().await;
+    assert!(users.contains(AUDITOR), "{users}");
+    browser.screenshot("users-with-auditor").await;
+
+    // TOTP: enrol with the secret the page shows, confirmed by a code.
+    browser.open(&vm.url("/appliance/account")).await;
+    browser
+        .submit("form[action='/appliance/account/totp'] button[value=begin]")
+        .await;
+    let secret = browser
+        .web
+        .find(By::Id("secret"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .expect("the TOTP secret is shown");
+    let secret = base32_decode(&secret);
+    let enrolled_step = time_step();
+    browser.fill("code", &totp(&secret, enrolled_step)).await;
+    browser
+        .submit("form[action='/appliance/account/totp'] button[value=confirm]")
+        .await;
+    let page = browser.text().await;
+    assert!(
+        page.to_lowercase().contains("recovery"),
+        "TOTP on, recovery codes shown once: {page}"
+    );
+    browser.screenshot("my-account-totp-on").await;
+    browser.log_out().await;
+
+    // The auditor sees the console but cannot change anything: the forms an auditor
+    // cannot use are gone from Users, and a restart it confirms anyway is refused.
+    browser.log_in(&base, AUDITOR, AUDITOR_PASSWORD, None).await;
+    browser.open(&vm.url("/appliance/users")).await;
+    assert!(
+        browser
+            .web
+            .find_all(By::Css("form[action='/appliance/users/add']"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no Add user form for an auditor"
+    );
+    browser.open(&base).await;
+    browser
+        .submit("form[action='/appliance/system/reboot'] button")
+        .await;
+    browser.submit("#power-confirm form button").await;
+    let refused = browser.text().await;
+    assert!(
+        refused.to_lowercase().contains("auditor"),
+        "an auditor's restart is refused and says why: {refused}"
+    );
+    browser.screenshot("auditor-refused").await;
+    browser.open(&base).await;
+    browser.log_out().await;
+
+    // The admin logs in with the new password and a fresh TOTP code (the one used to
+    // enrol is spent: a replay within its window is refused).
+    while time_step() == enrolled_step {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    browser
+        .log_in(
+            &base,
+            "admin",
+            NEW_PASSWORD,
+            Some(&totp(&secret, time_step())),
+        )
+        .await;
+
+    // Status › Audit log lists all of it, with user and result.
+    browser.open(&vm.url("/appliance/status/audit")).await;
+    browser.screenshot("status-audit-log").await;
+    let page = browser.text().await;
+    for want in ["net.config.apply", "net.config.confirm", AUDITOR, "setup"] {
+        assert!(page.contains(want), "audit log page lists {want}: {page}");
+    }
+    let (http, _) = log_in_totp(&vm, &secret).await;
+    let (st, log) = json_get(&http, &vm.url("/appliance/api/v1/audit?limit=500"))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{log}");
+    let records = log["records"].as_array().expect("records").clone();
+    let has = |user: &str, action: &str, result: &str| {
+        records.iter().any(|r| {
+            r["user"] == user
+                && r["action"].as_str().is_some_and(|a| a.contains(action))
+                && r["result"].as_str().is_some_and(|x| x.starts_with(result))
+        })
+    };
+    for (user, action, result) in [
+        ("admin", "setup", "ok"),
+        ("admin", "net.config.apply", "ok"),
+        ("admin", "net.config.confirm", "ok"),
+        ("admin", "certificates/import", "ok"),
+        ("admin", "account/password", "ok"),
+        ("admin", "users/add", "ok"),
+        ("admin", "account/totp", "ok"),
+        (AUDITOR, "login", "ok"),
+        (AUDITOR, "system.reboot", "refused"),
+    ] {
+        assert!(
+            has(user, action, result),
+            "audit record {user} {action} {result}: {log:#}"
+        );
+    }
+    let text = log.to_string();
+    for secret in [PASSWORD, NEW_PASSWORD, AUDITOR_PASSWORD] {
+        assert!(!text.contains(secret), "no password in the audit log");
+    }
 
     assert!(
         !browser.source().await.contains("Internal Server Error"),

@@ -564,9 +564,12 @@ pub async fn security_headers(mut resp: Response) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
+    // Not `no-referrer`: under it a browser sends `Origin: null` with the console's
+    // own form posts, which the same-origin check must then refuse. `same-origin`
+    // still tells other sites nothing.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

@@ -104,7 +104,7 @@ fn assert_security_headers(what: &str, resp: &reqwest::Response, cache: &str) {
     );
     assert_eq!(get("content-security-policy"), CSP, "{what}");
     assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
-    assert_eq!(get("referrer-policy"), "no-referrer", "{what}");
+    assert_eq!(get("referrer-policy"), "same-origin", "{what}");
     assert_eq!(get("x-frame-options"), "DENY", "{what}");
     assert_eq!(get("cache-control"), cache, "{what}");
 }
