@@ -588,20 +588,12 @@ async fn show(State(st): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The session behind a state-changing form, or the page to show instead.
-fn form_session(st: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, Box<Response>> {
-    crate::web::form_session(st, headers, csrf)?;
-    st.session(headers)
-        .map(|(_, s)| s)
-        .ok_or_else(|| Box::new(Redirect::to("/appliance/").into_response()))
-}
-
 async fn create_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> Response {
-    let s = match form_session(&st, &headers, &form.csrf) {
+    let s = match crate::web::form_user(&st, &headers, &form.csrf) {
         Ok(s) => s,
         Err(resp) => return *resp,
     };
@@ -653,7 +645,7 @@ async fn revoke_submit(
     headers: HeaderMap,
     Form(form): Form<RevokeForm>,
 ) -> Response {
-    let s = match form_session(&st, &headers, &form.csrf) {
+    let s = match crate::web::form_user(&st, &headers, &form.csrf) {
         Ok(s) => s,
         Err(resp) => return *resp,
     };

@@ -5,7 +5,7 @@ use askama::Template;
 use axum::extract::{Form, Path, Request, State};
 use axum::http::{Extensions, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use keel_api::{
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::app::{self, client_ip, JsonBody, Shared};
 use crate::auth::{AuthError, Session};
 use crate::error::ApiError;
+use crate::web::{form_user, render, MessagePage};
 
 const PAGE: &str = "/appliance/users";
 const ACCOUNT_PAGE: &str = "/appliance/account";
@@ -57,21 +58,6 @@ fn self_service(path: &str) -> bool {
         || path.starts_with("/appliance/account/tokens")
         || path == "/appliance/api/v1/tokens"
         || path.starts_with("/appliance/api/v1/tokens/")
-}
-
-#[derive(Template)]
-#[template(path = "message.html")]
-struct MessagePage {
-    heading: String,
-    text: String,
-    error: Option<String>,
-}
-
-fn render(status: StatusCode, page: impl Template) -> Response {
-    match page.render() {
-        Ok(html) => (status, Html(html)).into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
-    }
 }
 
 /// Refuses every state-changing request of a role that may not change anything,
@@ -315,20 +301,12 @@ struct AddForm {
     password2: String,
 }
 
-/// The session behind a form, or the page to show instead.
-fn form_session(st: &Shared, headers: &HeaderMap, csrf: &str) -> Result<Session, Box<Response>> {
-    crate::web::form_session(st, headers, csrf)?;
-    st.session(headers)
-        .map(|(_, s)| s)
-        .ok_or_else(|| Box::new(Redirect::to("/appliance/").into_response()))
-}
-
 async fn add_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
     Form(f): Form<AddForm>,
 ) -> Response {
-    let s = match form_session(&st, &headers, &f.csrf) {
+    let s = match form_user(&st, &headers, &f.csrf) {
         Ok(s) => s,
         Err(resp) => return *resp,
     };
@@ -397,7 +375,7 @@ async fn user_action_submit(
     Path(name): Path<String>,
     Form(f): Form<UserActionForm>,
 ) -> Response {
-    let s = match form_session(&st, &headers, &f.csrf) {
+    let s = match form_user(&st, &headers, &f.csrf) {
         Ok(s) => s,
         Err(resp) => return *resp,
     };
@@ -541,7 +519,7 @@ async fn password_submit(
     headers: HeaderMap,
     Form(f): Form<PasswordForm>,
 ) -> Response {
-    let s = match form_session(&st, &headers, &f.csrf) {
+    let s = match form_user(&st, &headers, &f.csrf) {
         Ok(s) => s,
         Err(resp) => return *resp,
     };
@@ -593,7 +571,7 @@ async fn totp_submit(
     headers: HeaderMap,
     Form(f): Form<TotpForm>,
 ) -> Response {
-    let s = match form_session(&st, &headers, &f.csrf) {
+    let s = match form_user(&st, &headers, &f.csrf) {
         Ok(s) => s,
         Err(resp) => return *resp,
     };

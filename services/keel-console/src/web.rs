@@ -11,7 +11,7 @@ use axum::Router;
 use serde::Deserialize;
 
 use crate::app::{self, AppState, PowerAction, Shared};
-use crate::auth::{random_hex, AuthError};
+use crate::auth::{random_hex, AuthError, Session};
 
 const PRE_COOKIE: &str = "keel_pre";
 
@@ -73,13 +73,13 @@ struct BasicsPage {
 
 #[derive(Template)]
 #[template(path = "message.html")]
-struct MessagePage {
-    heading: String,
-    text: String,
-    error: Option<String>,
+pub(crate) struct MessagePage {
+    pub heading: String,
+    pub text: String,
+    pub error: Option<String>,
 }
 
-fn render(status: StatusCode, page: impl Template) -> Response {
+pub(crate) fn render(status: StatusCode, page: impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => crate::error::ApiError::internal(e).into_response(),
@@ -304,12 +304,30 @@ struct CsrfForm {
     csrf: String,
 }
 
-/// The session behind a state-changing form, or the page to show instead.
+/// The session token behind a state-changing form, or the page to show instead.
 pub(crate) fn form_session(
     st: &AppState,
     headers: &HeaderMap,
     csrf: &str,
 ) -> Result<String, Box<Response>> {
+    checked_form(st, headers, csrf).map(|(token, _)| token)
+}
+
+/// The session (its user and role) behind a state-changing form, or the page to
+/// show instead.
+pub(crate) fn form_user(
+    st: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<Session, Box<Response>> {
+    checked_form(st, headers, csrf).map(|(_, session)| session)
+}
+
+fn checked_form(
+    st: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(String, Session), Box<Response>> {
     let Some((token, session)) = st.session(headers) else {
         return Err(Box::new(Redirect::to("/appliance/").into_response()));
     };
@@ -323,7 +341,7 @@ pub(crate) fn form_session(
             },
         )));
     }
-    Ok(token)
+    Ok((token, session))
 }
 
 async fn logout_submit(
