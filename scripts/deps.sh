@@ -17,7 +17,8 @@ packages=(
   # keel-failover's DNS swing tests: a real DNS client
   bind9-dnsutils
   # the console's end-to-end test: headless Chromium over WebDriver (Latin fonts, or
-  # the renderer dies)
+  # the renderer dies); every run passes --host-resolver-rules and
+  # --disable-background-networking, so Chromium resolves no outside name
   chromium chromium-driver fonts-dejavu-core
   # the example playbook's test (examples/ansible): ansible.builtin.uri with a token
   ansible-core
