@@ -10,6 +10,7 @@ pub const SESSION_LIFETIME_HOURS: std::ops::RangeInclusive<u32> = 1..=24;
 
 /// The oldest TLS version the console accepts.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MinTlsVersion {
     #[default]
     #[serde(rename = "1.2")]
@@ -29,6 +30,7 @@ impl MinTlsVersion {
 
 /// Which cipher suites the console offers (the console's README names them).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CipherPolicy {
     /// Every suite of rustls's ring provider (all AEAD with forward secrecy).
@@ -57,6 +59,7 @@ fn default_lifetime() -> u32 {
 
 /// Who may reach the console and how.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AccessPolicy {
     /// Source networks allowed to reach the console, CIDR (`192.0.2.0/24`,
@@ -90,6 +93,7 @@ impl Default for AccessPolicy {
 
 /// Answer of `GET /appliance/api/v1/access`: the policy and what it means now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccessView {
     pub policy: AccessPolicy,
     /// The address this request came from, as the filter sees it.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which front end an action came through.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditVia {
     /// A console page's form (session cookie).
@@ -32,6 +33,7 @@ impl AuditVia {
 
 /// One line of an audit file: who did what, when, from where, with which result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     /// UTC, RFC 3339 with milliseconds (`2026-12-01T18:42:14.123Z`): fixed width, so
     /// records order by this text.
@@ -54,6 +56,7 @@ pub struct AuditRecord {
 /// Query of `GET /appliance/api/v1/audit` (and the page's filter form). Times are
 /// RFC 3339, or a date / date and minute (`2026-12-01`, `2026-12-01T18:42`) read as UTC.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +82,7 @@ pub struct AuditQuery {
 
 /// Answer of `GET /appliance/api/v1/audit`: newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPage {
     pub records: Vec<AuditRecord>,
     /// More records match beyond this page.
@@ -89,6 +93,7 @@ pub struct AuditPage {
 /// accepted, as is a JSON number.
 fn empty_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     #[derive(Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(untagged)]
     enum N {
         Number(usize),

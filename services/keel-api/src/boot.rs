@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which copy of GRUB's environment block the boot state came from.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BootEnvSource {
     /// `grub/grubenv` on the ESP, the normal case.
@@ -21,6 +22,7 @@ pub enum BootEnvSource {
 
 /// A slot on trial after an update.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootTrial {
     /// `a` or `b`.
     pub slot: String,
@@ -30,6 +32,7 @@ pub struct BootTrial {
 
 /// Content of `/run/keel/boot/state.json` and the `boot` field of the status.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootState {
     pub source: BootEnvSource,
     /// What was wrong with the boot environment this boot, for the admin; `None`

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const BUILTIN_CERT_ID: &str = "builtin";
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
     #[default]
@@ -19,6 +20,7 @@ pub enum KeyType {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CertState {
     /// Certificate and key are present: can be served.
@@ -28,6 +30,7 @@ pub enum CertState {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CertWarningCode {
     Expired,
@@ -44,6 +47,7 @@ pub enum CertWarningCode {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertWarning {
     pub code: CertWarningCode,
     pub message: String,
@@ -51,6 +55,7 @@ pub struct CertWarning {
 
 /// One certificate of the store as listed (never carries key material).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertificateEntry {
     pub id: String,
     pub label: String,
@@ -78,16 +83,19 @@ pub struct CertificateEntry {
 
 /// Which certificate is served where.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertAssignments {
     /// Served where nothing more specific applies; `None`: the built-in one.
     pub default: Option<String>,
     /// By the local address a client connected to.
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
     pub ips: BTreeMap<IpAddr, String>,
     /// By the name a client asked for (SNI), lowercase.
     pub hostnames: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertList {
     pub certificates: Vec<CertificateEntry>,
     pub assignments: CertAssignments,
@@ -95,6 +103,7 @@ pub struct CertList {
 
 /// One uploaded file: PEM (certificate, key, chain), DER certificate or PKCS#12.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertFile {
     #[serde(default)]
     pub name: String,
@@ -117,6 +126,7 @@ impl std::fmt::Debug for CertFile {
 
 /// `POST /certs/import`, and `POST /certs/{id}/answer` (the CA's answer to a CSR).
 #[derive(Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertImportRequest {
     #[serde(default)]
     pub label: String,
@@ -141,6 +151,7 @@ impl std::fmt::Debug for CertImportRequest {
 
 /// `POST /certs/self-signed` and `POST /certs/csr`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewCertRequest {
     #[serde(default)]
     pub label: String,
@@ -161,12 +172,14 @@ pub struct NewCertRequest {
 
 /// Answer of `POST /certs/csr`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CsrCreated {
     pub certificate: CertificateEntry,
     pub csr_pem: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     #[default]
@@ -176,6 +189,7 @@ pub enum ExportFormat {
 
 /// `POST /certs/{id}/export`; the answer is the file itself.
 #[derive(Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertExportRequest {
     #[serde(default)]
     pub format: ExportFormat,
@@ -209,11 +223,13 @@ impl std::fmt::Debug for CertExportRequest {
 
 /// Targets of `POST /certs/{id}/assign`, `/certs/{id}/check` and `/certs/unassign`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertTargets {
     /// Serve it (or, for unassign, stop serving a chosen one) as the default.
     #[serde(default)]
     pub default: bool,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ips: Vec<IpAddr>,
     #[serde(default)]
     pub hostnames: Vec<String>,
@@ -221,12 +237,14 @@ pub struct CertTargets {
 
 /// Answer of `POST /certs/{id}/check`: what assigning would warn about.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertCheck {
     pub warnings: Vec<CertWarning>,
 }
 
 /// `POST /certs/{id}/delete`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertDeleteRequest {
     /// Required when the certificate is assigned: what takes over its places
     /// (another id, or `builtin`).
@@ -236,6 +254,7 @@ pub struct CertDeleteRequest {
 
 /// Answer of the local API's export (keelctl): the file, base64-encoded.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertExportFile {
     pub file_name: String,
     pub content_type: String,

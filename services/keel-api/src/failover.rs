@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What this node does with the shared addresses.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailoverRole {
     /// Holds the shared addresses and answers for them.
@@ -33,6 +34,7 @@ impl std::fmt::Display for FailoverRole {
 /// Heartbeats sent and received, and the ones dropped by reason (each counted once,
 /// under the first check it failed).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverCounters {
     pub sent: u64,
     pub send_errors: u64,
@@ -56,6 +58,7 @@ pub struct FailoverCounters {
 
 /// Answer of `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverStatus {
     pub node_id: String,
     pub role: FailoverRole,
@@ -76,12 +79,14 @@ pub struct FailoverStatus {
 
 /// Body of `POST /auto-takeover`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoTakeoverRequest {
     pub enabled: bool,
 }
 
 /// The other node of an established pair, as this node pinned it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverPeer {
     pub node_id: String,
     /// The peer's pairing endpoint (`ip:port`, TLS), where this node reaches it.
@@ -94,6 +99,7 @@ pub struct FailoverPeer {
 
 /// Outcome of the last sync this node sent (primary) or applied (backup).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncReport {
     /// RFC 3339, UTC.
     pub at: String,
@@ -110,6 +116,7 @@ pub struct SyncReport {
 /// Answer of `GET /status` on a node in any state: unpaired nodes carry no
 /// `engine`, paired ones carry the takeover engine's view.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailoverOverview {
     /// This node's own pairing endpoint port (TLS).
     pub pair_port: u16,
@@ -123,6 +130,7 @@ pub struct FailoverOverview {
 
 /// Body of `POST /establish`, given on the node that becomes primary (A).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EstablishRequest {
     /// B's pairing endpoint as A reaches it: `ip:port` or `[v6]:port`; port optional
@@ -140,6 +148,7 @@ pub struct EstablishRequest {
 /// Body of `PUT /psk`: the inter-appliance key, base64 (standard alphabet), at least
 /// 32 bytes decoded. Answer of `GET /psk` (administrators only in the console).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PskBody {
     pub psk: String,

@@ -25,6 +25,7 @@ pub use users::*;
 
 /// Answer of `GET /appliance/api/v1/status` and of the console's local `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     pub version: String,
     /// Active root slot, `a` or `b`; `unknown` outside the image.
@@ -49,6 +50,7 @@ pub struct Status {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InterfaceAddress {
     pub interface: String,
     /// CIDR form, e.g. `10.0.2.15/24` or `fe80::1/64`.
@@ -56,6 +58,7 @@ pub struct InterfaceAddress {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertificateSummary {
     /// SHA-256 over the DER certificate, 64 lowercase hex digits.
     pub sha256_fingerprint: String,
@@ -64,6 +67,7 @@ pub struct CertificateSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessMemory {
     pub name: String,
     pub pid: u32,
@@ -77,6 +81,7 @@ pub struct ProcessMemory {
 /// What the local console banner needs (console-local API only: it carries the
 /// setup code, which must never leave the box except on its own screen).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Banner {
     pub version: String,
     pub urls: Vec<String>,
@@ -85,12 +90,14 @@ pub struct Banner {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetupRequest {
     pub setup_code: String,
     pub password: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     #[serde(default = "admin")]
     pub username: String,
@@ -106,17 +113,20 @@ fn admin() -> String {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionGranted {
     pub csrf_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetupState {
     pub setup_required: bool,
 }
 
 /// Every error answer: `{"error": "..."}` with a 4xx/5xx status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
 }

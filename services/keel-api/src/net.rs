@@ -18,6 +18,7 @@ pub const NET_FALLBACK_ADDRESS: &str = "169.254.1.1/16";
 
 /// The whole network configuration (`/data/net/config.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     #[serde(default)]
@@ -29,9 +30,11 @@ pub struct NetConfig {
     pub vlans: Vec<VlanConfig>,
     /// Default IPv4 gateway; must lie in a subnet of a static address.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub gateway4: Option<Ipv4Addr>,
     /// Default IPv6 gateway; a link-local one needs exactly one interface.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub gateway6: Option<Ipv6Addr>,
     #[serde(default)]
     pub routes: Vec<StaticRoute>,
@@ -70,6 +73,7 @@ fn yes() -> bool {
 
 /// How an interface gets its addresses.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AddressMode {
     /// DHCPv4 and IPv6 router advertisements (SLAAC), plus any `addresses` listed.
@@ -89,6 +93,7 @@ impl AddressMode {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceConfig {
     /// Kernel name, e.g. `ens3`.
@@ -103,12 +108,14 @@ pub struct InterfaceConfig {
     pub mode: AddressMode,
     /// Addresses in CIDR form (`192.0.2.10/24`, `2001:db8::10/64`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub addresses: Vec<IpNetwork>,
     #[serde(default)]
     pub mtu: Option<u32>,
     /// The *shared IP* of a failover pair: stored here, never brought up by netd
     /// (keel-failover takes it over on the primary).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub shared_address: Option<IpNetwork>,
 }
 
@@ -118,6 +125,7 @@ pub const VLAN_ID_MAX: u16 = 4094;
 
 /// A VLAN link netd creates on a port (`ip link add link eth0 name eth0.100 type vlan id 100`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VlanConfig {
     /// Kernel name (at most 15 characters); `<parent>.<id>` when absent.
@@ -141,11 +149,14 @@ impl VlanConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StaticRoute {
     /// Destination network, e.g. `10.20.0.0/16`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub destination: IpNetwork,
     /// Next hop; must lie in a connected subnet (or be link-local with `interface`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub gateway: IpAddr,
     #[serde(default)]
     pub interface: Option<String>,
@@ -154,9 +165,11 @@ pub struct StaticRoute {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub servers: Vec<IpAddr>,
     /// Search domains.
     #[serde(default)]
@@ -165,6 +178,7 @@ pub struct DnsConfig {
 
 /// One network interface as the kernel has it now.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetLink {
     pub name: String,
     pub index: u32,
@@ -183,6 +197,7 @@ pub struct NetLink {
 
 /// A change waiting for confirmation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetPending {
     /// Who made it (`console`, `keelctl`): only the same front end may confirm it.
     pub owner: String,
@@ -198,6 +213,7 @@ pub struct NetPending {
 
 /// Answer of netd's `GET /state` and the console's `GET /net/config`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetState {
     /// In force now: the pending change if there is one, else the confirmed one.
     pub running: NetConfig,
@@ -214,6 +230,7 @@ pub struct NetState {
 
 /// Gateways and DNS servers in force, whoever set them (netd's running state).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetLearned {
     /// Default routes of the kernel's main table.
     #[serde(default)]
@@ -224,7 +241,9 @@ pub struct NetLearned {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetGateway {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub gateway: IpAddr,
     pub interface: String,
     /// `dhcp`, `ra` (IPv6 router advertisement), `config` (this configuration's
@@ -233,13 +252,16 @@ pub struct NetGateway {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetLinkDns {
     pub interface: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub servers: Vec<IpAddr>,
 }
 
 /// Body of netd's `PUT /config`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetChangeRequest {
     pub config: NetConfig,
@@ -253,6 +275,7 @@ pub struct NetChangeRequest {
 
 /// Body of netd's `POST /confirm` and `POST /cancel`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetConfirmRequest {
     #[serde(default)]
     pub owner: String,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The combined answer to "is the clock right?".
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TimeState {
     /// |offset| is under the threshold.
@@ -43,6 +44,7 @@ impl std::fmt::Display for TimeState {
 
 /// What one server's replies came to.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ServerState {
     /// Valid replies; counted in the verdict.
@@ -71,6 +73,7 @@ impl ServerState {
 
 /// One configured server in the verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerReport {
     /// As configured: a host name or address, optionally with `:port`.
     pub server: String,
@@ -95,6 +98,7 @@ pub struct ServerReport {
 
 /// The time daemon that keeps the clock synchronized (systemd-timesyncd on the image).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DaemonSync {
     /// `systemd-timesyncd`.
     pub name: String,
@@ -112,6 +116,7 @@ pub struct DaemonSync {
 
 /// A time set by hand on a network without NTP.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManualTime {
     /// When the clock was set (the new time, RFC 3339 UTC).
     pub set_at: String,
@@ -123,6 +128,7 @@ pub struct ManualTime {
 
 /// Answer of `GET /appliance/api/v1/time`, timed's `GET /verdict` and `POST /check`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimeVerdict {
     pub state: TimeState,
     /// Combined offset of the agreeing servers (median), seconds; present for ok and skewed.
@@ -146,6 +152,7 @@ pub struct TimeVerdict {
 /// Answer of timed's `GET /gate`: may a clock-sensitive operation (update install,
 /// download key) go on? `allowed == false` only for `skewed`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClockGate {
     pub allowed: bool,
     /// Go on, but tell the user (unreachable, unconfigured, manual).
@@ -159,6 +166,7 @@ pub struct ClockGate {
 /// The NTP server list (`/data/net/ntp-servers.json` is this, written by netd;
 /// `/data/timed/config.json` carries the same field).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NtpServers {
     /// Host names or addresses, optionally with `:port` (`[v6]:port` for IPv6).
     pub servers: Vec<String>,
@@ -166,6 +174,7 @@ pub struct NtpServers {
 
 /// Answer of `GET`/`POST /appliance/api/v1/time/servers`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NtpServerList {
     pub servers: Vec<String>,
     /// `netd` or `timed`: who owns the list (only `timed`'s can be set through timed).
@@ -175,6 +184,7 @@ pub struct NtpServerList {
 
 /// Body of `POST /appliance/api/v1/time/manual`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManualTimeRequest {
     /// RFC 3339 (`2026-11-25T05:00:00Z`), or `YYYY-MM-DD HH:MM[:SS]` taken as UTC.
     pub time: String,

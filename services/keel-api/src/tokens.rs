@@ -10,6 +10,7 @@ use crate::Role;
 /// `expires_in_days` (1–365) and `expires` (a date `YYYY-MM-DD` within a year; the
 /// token ends at that day's start, UTC).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreateRequest {
     /// What the token is for ("ansible", "monitoring"), 1–64 characters.
@@ -25,6 +26,7 @@ pub struct TokenCreateRequest {
 
 /// One token as listed: never its secret.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     /// 16 hex digits; the part of the token after `keel_`.
     pub id: String,
@@ -41,6 +43,7 @@ pub struct TokenInfo {
 
 /// Answer of `POST /appliance/api/v1/tokens`: the token itself, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub token: String,
     pub info: TokenInfo,
@@ -49,6 +52,7 @@ pub struct TokenCreated {
 /// Answer of `GET /appliance/api/v1/tokens`: the caller's tokens (an
 /// administrator's list holds every account's).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where an install is.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdatePhase {
     /// Nothing running.
@@ -35,6 +36,7 @@ pub enum UpdatePhase {
 
 /// Progress of the install running now (or of the last one, until the next starts).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateProgress {
     pub phase: UpdatePhase,
     /// The version being installed, once the manifest was verified.
@@ -52,6 +54,7 @@ pub struct UpdateProgress {
 
 /// One root slot as keel-update knows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SlotInfo {
     /// `a` or `b`.
     pub slot: String,
@@ -65,6 +68,7 @@ pub struct SlotInfo {
 
 /// What the last update ended in.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum OutcomeKind {
     /// The new version booted healthy and was marked good.
@@ -77,6 +81,7 @@ pub enum OutcomeKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateOutcome {
     pub kind: OutcomeKind,
     pub from_version: String,
@@ -90,6 +95,7 @@ pub struct UpdateOutcome {
 
 /// Answer of `GET /status` (local) and `GET /appliance/api/v1/update`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateStatus {
     /// The slot running now and its version.
     pub running: SlotInfo,
@@ -111,6 +117,7 @@ pub struct UpdateStatus {
 
 /// One installed app bundle: the hosted product's layer over the base.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppInfo {
     pub name: String,
     /// The version its extension link names.
@@ -129,6 +136,7 @@ pub struct AppInfo {
 
 /// Answer of a successful install.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstallAnswer {
     pub version: String,
     /// The slot that now holds it and boots on trial next.
@@ -145,6 +153,7 @@ pub struct InstallAnswer {
 pub const ROLLBACK_CONFIRMATION: &str = "ROLLBACK";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RollbackRequest {
     #[serde(default)]
     pub confirm: String,
@@ -164,6 +173,7 @@ pub struct RollbackRequest {
 /// Where and how keel-update fetches the feed, as shown (the proxy password
 /// never leaves keel-update: only whether one is set).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateSettings {
     /// `https://...`, the signed feed; bundles are fetched next to it.
     #[serde(default)]
@@ -184,6 +194,7 @@ pub struct UpdateSettings {
 /// `PUT /settings`: replaces the settings. Empty strings clear a value;
 /// `proxy_password` absent keeps the stored one (`""` clears it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateSettingsRequest {
     #[serde(default)]
     pub feed_url: Option<String>,
@@ -199,6 +210,7 @@ pub struct UpdateSettingsRequest {
 
 /// What stands between a feed entry and its installation.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum AvailableState {
     /// Installable now, over the running version.
@@ -215,6 +227,7 @@ pub enum AvailableState {
 
 /// One bundle of the verified feed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AvailableEntry {
     pub file: String,
     /// `base` or the app's name.
@@ -234,6 +247,7 @@ pub struct AvailableEntry {
 
 /// Answer of `POST /check` and `GET /available`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AvailableUpdates {
     /// RFC 3339 UTC.
     pub checked_at: String,
@@ -250,6 +264,7 @@ pub struct AvailableUpdates {
 
 /// `POST /install-online`: a version listed in the feed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstallOnlineRequest {
     pub version: String,
     /// The app to install; absent: the base.
@@ -261,6 +276,7 @@ pub struct InstallOnlineRequest {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ChainState {
     /// Installing a step or waiting for its healthy boot.
@@ -273,6 +289,7 @@ pub enum ChainState {
 
 /// *Install all in order*: the chain and where it is (in `UpdateStatus`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChainStatus {
     /// Versions in install order.
     pub steps: Vec<String>,
@@ -290,6 +307,7 @@ pub struct ChainStatus {
 
 /// Answer of `POST /download-key`: the signed block to copy to the vendor.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DownloadKeyAnswer {
     /// `-----BEGIN KEEL DOWNLOAD KEY-----` ... `-----END KEEL DOWNLOAD KEY-----`.
     pub text: String,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an account (or an API token made by it) may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sees and changes everything.
@@ -27,6 +28,7 @@ impl Role {
 
 /// One account as the Users page and `GET /users` show it (no secrets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub name: String,
     pub role: Role,
@@ -39,12 +41,14 @@ pub struct User {
 
 /// `GET /appliance/api/v1/users`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserList {
     pub users: Vec<User>,
 }
 
 /// `POST /appliance/api/v1/users`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
@@ -54,6 +58,7 @@ pub struct NewUser {
 
 /// `PATCH /appliance/api/v1/users/{name}`: the fields given change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UserChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +69,7 @@ pub struct UserChange {
 
 /// `POST /appliance/api/v1/account/password`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub current_password: String,
@@ -72,6 +78,7 @@ pub struct PasswordChange {
 
 /// Answer of `POST /appliance/api/v1/account/totp`: an enrolment to confirm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpEnrolment {
     /// Base32, for typing into an authenticator app.
     pub secret: String,
@@ -81,6 +88,7 @@ pub struct TotpEnrolment {
 
 /// `POST /appliance/api/v1/account/totp/confirm`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TotpConfirm {
     pub code: String,
@@ -88,12 +96,14 @@ pub struct TotpConfirm {
 
 /// Answer of the confirmation: recovery codes, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpEnabled {
     pub recovery_codes: Vec<String>,
 }
 
 /// `DELETE /appliance/api/v1/account/totp`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TotpRemove {
     pub password: String,

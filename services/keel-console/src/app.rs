@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{Auth, AuthError, Session, Throttle};
 use crate::error::ApiError;
 use crate::status;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const SESSION_COOKIE: &str = "keel_session";
 /// Request bodies above this are refused (413) before they are read whole.
@@ -208,7 +209,7 @@ impl PowerAction {
 /// The typed confirmation a factory reset needs, in the API and the HTML form.
 pub const RESET_CONFIRMATION: &str = "RESET";
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct FactoryResetRequest {
     #[serde(default)]
     pub confirm: String,
@@ -266,16 +267,27 @@ fn granted(token: &str, session: &Session) -> Response {
     resp
 }
 
+#[utoipa::path(get, path = "/health", tag = "system",
+    summary = "Liveness: answers while the console serves",
+    responses((status = 200, body = serde_json::Value)))]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/setup", tag = "system",
+    summary = "Whether first setup (the setup code from the serial console) is still due",
+    responses((status = 200, body = SetupState)))]
 async fn api_setup_state(State(st): State<Shared>) -> Json<SetupState> {
     Json(SetupState {
         setup_required: st.auth.setup_required(),
     })
 }
 
+#[utoipa::path(post, path = "/setup", tag = "system",
+    summary = "First setup: the setup code and the admin password; answers a session",
+    description = "Public until done. Same-origin only (a cross-site Origin is refused).",
+    request_body = SetupRequest,
+    responses((status = 200, body = serde_json::Value), (status = 400), (status = 403), (status = 409), (status = 429)))]
 async fn api_setup(
     State(st): State<Shared>,
     req_ext: axum::http::Extensions,
@@ -293,6 +305,11 @@ async fn api_setup(
     Ok(granted(&token, &session))
 }
 
+#[utoipa::path(post, path = "/login", tag = "system",
+    summary = "Log in: a session cookie and the CSRF token for later changes",
+    description = "Public. Rate-limited per account and per source address.",
+    request_body = LoginRequest,
+    responses((status = 200, body = serde_json::Value), (status = 401), (status = 403), (status = 429)))]
 async fn api_login(
     State(st): State<Shared>,
     req_ext: axum::http::Extensions,
@@ -313,12 +330,20 @@ async fn api_login(
     Ok(granted(&token, &session))
 }
 
+#[utoipa::path(post, path = "/logout", tag = "system",
+    summary = "End this session",
+    responses((status = 204), (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_logout(State(st): State<Shared>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let (token, _) = st.api_session_for_change(&headers)?;
     st.auth.logout(&token);
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/status", tag = "system",
+    summary = "Status › Basics and Health: version, slots, services, addresses, certificate",
+    responses((status = 200, body = serde_json::Value), (status = 401)),
+    security(("session" = []), ("token" = [])))]
 async fn api_status(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -342,6 +367,10 @@ async fn api_power(
     ))
 }
 
+#[utoipa::path(post, path = "/system/shutdown", tag = "system",
+    summary = "Shut the appliance down",
+    responses((status = 202, body = serde_json::Value), (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_shutdown(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -349,6 +378,10 @@ async fn api_shutdown(
     api_power(st, headers, PowerAction::Poweroff).await
 }
 
+#[utoipa::path(post, path = "/system/reboot", tag = "system",
+    summary = "Restart the appliance",
+    responses((status = 202, body = serde_json::Value), (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_reboot(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -356,6 +389,11 @@ async fn api_reboot(
     api_power(st, headers, PowerAction::Reboot).await
 }
 
+#[utoipa::path(post, path = "/system/factory-reset", tag = "system",
+    summary = "Erase /data and restart (or shut down) as from the factory",
+    request_body = FactoryResetRequest,
+    responses((status = 202, body = serde_json::Value), (status = 400), (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_factory_reset(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -418,6 +456,9 @@ const API_AREAS: &[(&str, &str, &str)] = &[
 /// `GET /appliance/api/v1[/]`: what the API offers, for an admin who types the
 /// base address. The product version only to a session (it helps an attacker
 /// pick an exploit; the status page shows it to the logged-in).
+#[utoipa::path(get, path = "/", tag = "system",
+    summary = "What the API offers (the version only to a session)",
+    responses((status = 200, body = serde_json::Value)))]
 async fn api_index(State(st): State<Shared>, headers: HeaderMap) -> Json<serde_json::Value> {
     let areas: Vec<serde_json::Value> = API_AREAS
         .iter()
@@ -452,40 +493,53 @@ async fn api_not_found() -> ApiError {
 
 /// Every HTTPS route but the certificate store's (tests without a store).
 pub fn router(state: Shared) -> Router {
-    router_with(state, Router::new())
+    router_with(state, OpenApiRouter::new())
+}
+
+/// The OpenAPI document of every HTTPS route (`extra`: see `router_with`).
+pub fn document(state: Shared, extra: OpenApiRouter) -> utoipa::openapi::OpenApi {
+    all_routes(state, extra).split_for_parts().1
+}
+
+fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
+    let api = OpenApiRouter::new()
+        .routes(routes!(api_index))
+        .routes(routes!(health))
+        .routes(routes!(api_setup_state, api_setup))
+        .routes(routes!(api_login))
+        .routes(routes!(api_logout))
+        .routes(routes!(api_status))
+        .routes(routes!(api_shutdown))
+        .routes(routes!(api_reboot))
+        .routes(routes!(api_factory_reset))
+        .fallback(api_not_found);
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        // Aliases, not routes of their own: the bare host, and the API base with a
+        // slash (the nested "/" above is the base without one).
+        .route("/", get(|| async { Redirect::permanent("/appliance/") }))
+        .route("/appliance/api/v1/", get(api_index))
+        .nest("/appliance/api/v1", api)
+        .merge(OpenApiRouter::from(crate::web::router()))
+        .merge(crate::time::router())
+        .merge(OpenApiRouter::from(crate::net::router()))
+        .merge(OpenApiRouter::from(crate::update::router()))
+        .merge(OpenApiRouter::from(crate::failover::router()))
+        .merge(OpenApiRouter::from(crate::users::router()))
+        .merge(OpenApiRouter::from(crate::tokens::router()))
+        .merge(OpenApiRouter::from(crate::audit::router()))
+        .merge(OpenApiRouter::from(crate::access::router()))
+        .with_state(state)
+        .merge(extra)
 }
 
 /// Every HTTPS route, with `extra` (routes over their own state: the certificate
 /// store, `certs::routes`) behind the same layers: source filter, size limit, audit
-/// log, role gate and token check cover every route alike.
-pub fn router_with(state: Shared, extra: Router) -> Router {
-    let api = Router::new()
-        .route("/", get(api_index))
-        .route("/health", get(health))
-        .route("/setup", get(api_setup_state).post(api_setup))
-        .route("/login", post(api_login))
-        .route("/logout", post(api_logout))
-        .route("/status", get(api_status))
-        .route("/system/shutdown", post(api_shutdown))
-        .route("/system/reboot", post(api_reboot))
-        .route("/system/factory-reset", post(api_factory_reset))
-        .fallback(api_not_found);
-    Router::new()
-        .route("/", get(|| async { Redirect::permanent("/appliance/") }))
-        // The nested "/" is the base without a slash; with one, it is this.
-        .route("/appliance/api/v1/", get(api_index))
-        .nest("/appliance/api/v1", api)
-        .merge(crate::web::router())
-        .merge(crate::time::router())
-        .merge(crate::net::router())
-        .merge(crate::update::router())
-        .merge(crate::failover::router())
-        .merge(crate::users::router())
-        .merge(crate::tokens::router())
-        .merge(crate::audit::router())
-        .merge(crate::access::router())
-        .with_state(state.clone())
-        .merge(extra)
+/// log, role gate and token check cover every route alike. The OpenAPI document
+/// of exactly these routes is served at `openapi::PATH`.
+pub fn router_with(state: Shared, extra: OpenApiRouter) -> Router {
+    let (router, doc) = all_routes(state.clone(), extra).split_for_parts();
+    router
+        .merge(crate::openapi::route(state.clone(), &doc))
         // Outermost last: the source filter and size limit run first, the audit
         // log sees what the role gate refused.
         .layer(axum::middleware::from_fn_with_state(

@@ -68,8 +68,8 @@ pub fn own_body_limit(path: &str) -> bool {
 }
 
 /// The store's HTTPS routes, for `app::router_with`.
-pub fn routes(cs: CertsShared) -> Router {
-    self::router(cs.clone()).layer(Extension(cs))
+pub fn routes(cs: CertsShared) -> utoipa_axum::router::OpenApiRouter {
+    utoipa_axum::router::OpenApiRouter::from(self::router(cs.clone()).layer(Extension(cs)))
 }
 
 /// A certificate as the status shows it.

@@ -11,6 +11,7 @@ pub mod failover;
 pub mod layout;
 pub mod local_service;
 pub mod net;
+pub mod openapi;
 pub mod status;
 pub mod time;
 pub mod tls;

@@ -10,8 +10,7 @@ use askama::Template;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keel_api::{ManualTimeRequest, NtpServerList, NtpServers, ServerState, TimeState, TimeVerdict};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{JsonBody, Shared};
 use crate::error::ApiError;
 use crate::local_service::LocalService;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// A check with a dead server takes its timeouts: long enough for the default
 /// settings (4 samples 2 s apart, 1 s timeout, 3 s name resolution).
@@ -54,6 +54,10 @@ async fn call<B: Serialize, R: DeserializeOwned>(
     TIMED.call(method, path, body, limit).await
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/time", tag = "time",
+    summary = "The clock's verdict: synchronised, unknown or known wrong, and why",
+    responses((status = 200, body = TimeVerdict), (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn api_time(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -64,6 +68,10 @@ async fn api_time(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/time/check", tag = "time",
+    summary = "Measure the configured NTP servers now",
+    responses((status = 200, body = TimeVerdict), (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_check(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -74,6 +82,11 @@ async fn api_check(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/time/manual", tag = "time",
+    summary = "Set the clock by hand (refused while NTP answers)",
+    request_body = ManualTimeRequest,
+    responses((status = 200, body = TimeVerdict), (status = 400), (status = 401), (status = 403), (status = 409)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_manual(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -85,6 +98,10 @@ async fn api_manual(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/time/servers", tag = "time",
+    summary = "The NTP servers and their last measurement",
+    responses((status = 200, body = NtpServerList), (status = 401)),
+    security(("session" = []), ("token" = [])))]
 async fn api_servers(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -95,6 +112,11 @@ async fn api_servers(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/time/servers", tag = "time",
+    summary = "Replace timed's own NTP server list",
+    request_body = NtpServers,
+    responses((status = 200, body = NtpServerList), (status = 400), (status = 401), (status = 403), (status = 409)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_set_servers(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -255,6 +277,10 @@ struct CheckForm {
     csrf: String,
 }
 
+#[utoipa::path(post, path = "/appliance/time/check", tag = "forms",
+    summary = "Basics › Time: Check now",
+    responses((status = 303, description = "Back to Basics")),
+    security(("session" = [], "form_csrf" = [])))]
 async fn check_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -277,6 +303,10 @@ struct ManualForm {
     time: String,
 }
 
+#[utoipa::path(post, path = "/appliance/time/manual", tag = "forms",
+    summary = "Basics › Time: set the clock by hand",
+    responses((status = 303, description = "Back to Basics")),
+    security(("session" = [], "form_csrf" = [])))]
 async fn manual_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -293,15 +323,12 @@ async fn manual_submit(
 }
 
 /// The time routes, full paths (merged into the console's router).
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route("/appliance/api/v1/time", get(api_time))
-        .route("/appliance/api/v1/time/check", post(api_check))
-        .route("/appliance/api/v1/time/manual", post(api_manual))
-        .route(
-            "/appliance/api/v1/time/servers",
-            get(api_servers).post(api_set_servers),
-        )
-        .route("/appliance/time/check", post(check_submit))
-        .route("/appliance/time/manual", post(manual_submit))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(api_time))
+        .routes(routes!(api_check))
+        .routes(routes!(api_manual))
+        .routes(routes!(api_servers, api_set_servers))
+        .routes(routes!(check_submit))
+        .routes(routes!(manual_submit))
 }
