@@ -233,6 +233,10 @@ pub struct TotpRecord {
     /// SHA-256 (hex) of each unused recovery code. The codes are random (50 bits),
     /// so a fast hash is enough.
     pub recovery_codes: Vec<String>,
+    /// The last time step accepted: a code is good once (RFC 6238 §5.2), across
+    /// restarts too, so it is stored (older files lack it: 0).
+    #[serde(default)]
+    pub last_step: u64,
 }
 
 #[derive(Clone)]
@@ -258,8 +262,6 @@ struct Account {
     generation: u64,
     /// Attempts on this account within the window, all sources together.
     failures: Vec<Instant>,
-    /// The last TOTP time step accepted: a code is good once (RFC 6238 §5.2).
-    last_step: u64,
     /// A TOTP secret shown but not yet confirmed with a code.
     pending_totp: Option<String>,
 }
@@ -301,7 +303,6 @@ impl Inner {
                 rec,
                 generation,
                 failures: Vec::new(),
-                last_step: 0,
                 pending_totp: None,
             },
         );
@@ -943,11 +944,14 @@ impl Auth {
                 return Err(AuthError::CodeRequired);
             };
             if let Some(step) = totp::check(&t.secret, username, code) {
-                if step <= account.last_step {
+                if step <= t.last_step {
                     tracing::warn!(%client, user = username, "authenticator code replayed");
                     return Err(AuthError::WrongCode);
                 }
-                account.last_step = step;
+                account.rec.totp.as_mut().expect("checked").last_step = step;
+                // Stored before the session opens: after a restart the code is
+                // still spent.
+                self.persist(&inner)?;
             } else if let Some(i) = totp::find_recovery(&t.recovery_codes, code) {
                 let rec = &mut account.rec;
                 rec.totp.as_mut().expect("checked").recovery_codes.remove(i);
@@ -1304,12 +1308,10 @@ impl Auth {
         let before = a.rec.totp.replace(TotpRecord {
             secret,
             recovery_codes: hashes,
+            last_step: step,
         });
-        let previous_step = std::mem::replace(&mut a.last_step, step);
         if let Err(e) = self.persist(&inner) {
-            let a = inner.accounts.get_mut(user).expect("checked");
-            a.rec.totp = before;
-            a.last_step = previous_step;
+            inner.accounts.get_mut(user).expect("checked").rec.totp = before;
             return Err(e);
         }
         inner.accounts.get_mut(user).expect("checked").pending_totp = None;
@@ -1600,6 +1602,28 @@ mod tests {
             a.login(ip("::ffff:192.0.2.50"), "admin", "correct horse"),
             Err(AuthError::RateLimited(Throttle::Source(_)))
         ));
+    }
+
+    #[test]
+    fn a_totp_code_is_spent_across_a_restart() {
+        let (dir, a) = set_up(AuthLimits::default());
+        let enrolment = a.totp_begin("admin").unwrap();
+        let code = totp::current_code(&enrolment.secret, "admin");
+        a.totp_confirm("admin", &code).unwrap();
+        // The code that confirmed the enrolment opens no session, before a restart
+        // or after it (the console restarted within the code's window).
+        assert_eq!(
+            a.login_with_code(CLIENT, "admin", "correct horse", Some(&code))
+                .unwrap_err(),
+            AuthError::WrongCode
+        );
+        drop(a);
+        let a = Auth::open_with(dir.path(), AuthLimits::default()).unwrap();
+        assert_eq!(
+            a.login_with_code(CLIENT, "admin", "correct horse", Some(&code))
+                .unwrap_err(),
+            AuthError::WrongCode
+        );
     }
 
     #[test]

@@ -77,6 +77,15 @@ pub fn recovery_codes() -> (Vec<String>, Vec<String>) {
     (codes, hashes)
 }
 
+/// The code an authenticator app shows now (for the tests).
+#[cfg(test)]
+pub fn current_code(secret: &str, user: &str) -> String {
+    totp(secret, user, None)
+        .unwrap()
+        .generate_current()
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,8 +93,7 @@ mod tests {
     #[test]
     fn codes_check_and_recovery_codes_match_once_stored() {
         let s = new_secret();
-        let t = totp(&s, "alice", None).unwrap();
-        let code = t.generate_current().to_string();
+        let code = current_code(&s, "alice");
         assert!(check(&s, "alice", &code).is_some());
         assert!(check(&s, "alice", "12345").is_none());
         let uri = uri(&s, "alice", "edge").unwrap();
