@@ -31,6 +31,8 @@ pub struct AppState {
     /// The certificate store serving this console, set once by
     /// `certs::CertsState::new` (weak: the store's state holds this state).
     pub certs: std::sync::OnceLock<std::sync::Weak<crate::certs::CertsState>>,
+    /// The last status computed (see `status::StatusCache`).
+    pub status_cache: status::StatusCache,
     pub tokens: crate::tokens::Tokens,
     pub audit: crate::audit::AuditLog,
     pub access: crate::access::Access,
@@ -132,6 +134,15 @@ impl AppState {
     }
 
     pub fn status(&self) -> Status {
+        let mut status = self.status_cache.get(|| self.status_now());
+        status.time = status::now_rfc3339();
+        status.uptime_seconds = status::uptime_seconds(&status::read_trimmed("/proc/uptime"));
+        // One small file, written at boot and by a trial's end: read as it is now.
+        status.boot = crate::boot::read();
+        status
+    }
+
+    fn status_now(&self) -> Status {
         let addresses = status::addresses();
         let data = status::filesystem_bytes(&self.data_mount);
         Status {
@@ -552,6 +563,10 @@ pub fn router_with(state: Shared, extra: OpenApiRouter) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            fresh_status_after_changes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::audit::record,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -561,6 +576,24 @@ pub fn router_with(state: Shared, extra: OpenApiRouter) -> Router {
             crate::access::source_filter,
         ))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// After a state-changing request the next status is computed anew: the admin
+/// who just assigned a certificate sees it at once.
+async fn fresh_status_after_changes(
+    State(st): State<Shared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let resp = next.run(req).await;
+    if changes {
+        st.status_cache.invalidate();
+    }
+    resp
 }
 
 /// Bodies up to this size are read and dropped before answering 413, so a client

@@ -156,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
     let auth = auth::Auth::open(&args.data_dir).context("credential store")?;
     let state = Arc::new(app::AppState {
         certs: Default::default(),
+        status_cache: Default::default(),
         auth,
         cert,
         requests_dir: args.requests_dir.clone(),

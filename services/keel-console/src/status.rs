@@ -164,11 +164,84 @@ pub fn read_trimmed(path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The status, reused for up to `STATUS_TTL` and until the next change made
+/// through the console (`Reused::invalidate`): computing it walks /proc, dumps
+/// addresses over netlink and reads grubenv, statvfs and the certificate store,
+/// which made `/status` 60× slower than `/health` under a monitoring poll. A change
+/// through any other front end shows within the TTL.
+pub type StatusCache = Reused<keel_api::Status>;
+
+/// How old a reused status may be.
+pub const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A value made at most once per `STATUS_TTL` and per invalidation.
+pub struct Reused<T> {
+    entry: std::sync::Mutex<Option<(std::time::Instant, u64, T)>>,
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl<T: Clone> Reused<T> {
+    pub const fn new() -> Self {
+        Self {
+            entry: std::sync::Mutex::new(None),
+            changes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The value kept, or `make`'s when it is too old or invalidated since.
+    pub fn get(&self, make: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        let generation = self.changes.load(Ordering::Acquire);
+        let now = std::time::Instant::now();
+        {
+            let entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, g, v)) = &*entry {
+                if *g == generation && now.duration_since(*at) < STATUS_TTL {
+                    return v.clone();
+                }
+            }
+        }
+        // Made outside the lock: concurrent misses each compute, none waits. A
+        // value made across an invalidation carries the generation from before
+        // it, so it is not reused.
+        let fresh = make();
+        *self.entry.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((now, generation, fresh.clone()));
+        fresh
+    }
+
+    /// The next `get` makes the value anew.
+    pub fn invalidate(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl<T: Clone> Default for Reused<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub use keel_core::release::{os_release_version, running_version};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_is_reused_until_invalidated_or_its_ttl() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let cache = Reused::<u32>::new();
+        let made = AtomicU32::new(0);
+        let make = || made.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_eq!(cache.get(make), 1);
+        assert_eq!(cache.get(make), 1, "reused within the TTL");
+        cache.invalidate();
+        assert_eq!(cache.get(make), 2, "made anew after a change");
+        std::thread::sleep(STATUS_TTL);
+        assert_eq!(cache.get(make), 3, "made anew after the TTL");
+    }
 
     #[test]
     fn slot_and_readonly_root() {

@@ -28,6 +28,7 @@ pub fn identity(data: &Path) -> (keel_certs::Identity, bool) {
 pub fn app_state(data: &Path, identity: &keel_certs::Identity) -> Arc<app::AppState> {
     Arc::new(app::AppState {
         certs: Default::default(),
+        status_cache: Default::default(),
         auth: auth::Auth::open(data.join("console")).unwrap(),
         cert: keel_certs::info(&identity.cert_pem).unwrap(),
         requests_dir: data.join("requests"),
