@@ -337,6 +337,71 @@ pub async fn local<T, E: std::fmt::Display>(
     }
 }
 
+/// Middleware for a service's local API: every change a root process asks for —
+/// keelctl, or the local menu (`keel-menu`) — goes to this service's audit file
+/// ([`init`]) as user `root` from `local`, named by method and route, with the
+/// answer's status as the result. Other services' calls (the console, which
+/// records the admin's action itself; keel-failover) run as their own users and
+/// are not recorded here. A no-op before [`init`].
+pub async fn local_changes(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::{ConnectInfo, MatchedPath};
+    let method = req.method().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<crate::local_api::Peer>>()
+        .map(|c| c.0);
+    let writer = SERVICE_LOG.get().cloned();
+    let (Some(writer), Some(peer)) = (writer, peer) else {
+        return next.run(req).await;
+    };
+    if matches!(method, axum::http::Method::GET | axum::http::Method::HEAD) || peer.uid != Some(0) {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    let via = match peer.pid.map(front_end_of) {
+        Some(AuditVia::LocalMenu) => AuditVia::LocalMenu,
+        _ => AuditVia::Keelctl,
+    };
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let code = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let action = format!("{method} {route}");
+    let done = tokio::task::spawn_blocking(move || {
+        let outcome = if status.is_client_error() {
+            Outcome::Refused(code.trim())
+        } else if status.is_server_error() {
+            Outcome::Failed(code.trim())
+        } else {
+            Outcome::Ok
+        };
+        writer.record_or_warn("root", "local", via, &action, None, outcome);
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::warn!("audit record not written: {e}");
+    }
+    resp
+}
+
+/// Which local front end process `pid` is, by its name.
+fn front_end_of(pid: i32) -> AuditVia {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) if comm.trim() == "keel-menu" => AuditVia::LocalMenu,
+        _ => AuditVia::Keelctl,
+    }
+}
+
 /// A query resolved: bounds in the records' form, limit capped.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

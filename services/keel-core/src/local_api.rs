@@ -4,6 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -186,9 +188,65 @@ pub fn inherited_listener() -> Result<Option<UnixListener>, LocalApiError> {
     }
 }
 
+/// The process at the other end of a local-socket connection (SO_PEERCRED).
+/// Every request served by [`serve`] carries it as `ConnectInfo<Peer>`, so a
+/// service knows whether root (keelctl, the local menu) or another service asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> Self {
+        match stream.peer_cred() {
+            Ok(c) => Peer {
+                uid: Some(c.uid()),
+                pid: c.pid(),
+            },
+            Err(_) => Peer {
+                uid: None,
+                pid: None,
+            },
+        }
+    }
+}
+
+/// A Unix listener whose connections are addressed by their [`Peer`], so
+/// `into_make_service_with_connect_info::<Peer>()` puts it in every request.
+pub struct WithPeer<L>(pub L);
+
+impl<L: Listener<Io = UnixStream>> Listener for WithPeer<L> {
+    type Io = UnixStream;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (UnixStream, Peer) {
+        let (io, _) = self.0.accept().await;
+        let peer = Peer::of(&io);
+        (io, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            uid: None,
+            pid: None,
+        })
+    }
+}
+
+impl<L: Listener<Io = UnixStream>> Connected<IncomingStream<'_, WithPeer<L>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, WithPeer<L>>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
 /// Serves `router` on a bound Unix listener until the task is dropped.
 pub async fn serve(listener: UnixListener, router: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+    axum::serve(
+        WithPeer(listener),
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .await
 }
 
 /// Client for one service's local socket.

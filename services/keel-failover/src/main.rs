@@ -26,6 +26,10 @@ struct Args {
     /// Local API socket.
     #[arg(long, default_value = "/run/keel/failover/api.sock")]
     socket: PathBuf,
+    /// The shared audit directory: changes keelctl and the local menu ask for go to
+    /// <audit-dir>/failover.log. None: not recorded (a run outside the image).
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
     /// Group that may use the socket too (mode 0660); without it the socket is 0600.
     #[arg(long)]
     socket_group: Option<String>,
@@ -90,6 +94,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
+    if let Some(dir) = &args.audit_dir {
+        keel_core::audit::init(dir, "failover");
+    }
     let sync = match (args.sync_root, args.sync_agent) {
         (Some(root), _) => Some(SyncBackend::InProcess(SyncPaths {
             console: root.join("console"),
@@ -136,7 +143,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::spawn(keel_core::local_api::serve(
         listener,
-        keel_failover::api::router(daemon.clone()),
+        keel_failover::api::router(daemon.clone())
+            .layer(axum::middleware::from_fn(keel_core::audit::local_changes)),
     ));
     tokio::spawn(daemon.clone().serve_pairing(pairing));
     tokio::spawn(daemon.clone().sync_loop());

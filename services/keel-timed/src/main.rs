@@ -50,6 +50,10 @@ struct Args {
     /// timesyncd alone.
     #[arg(long, default_value = "/run/systemd/timesyncd.conf.d/keel.conf")]
     timesyncd_dropin: String,
+    /// The shared audit directory: changes keelctl and the local menu ask for go to
+    /// <audit-dir>/timed.log. None: not recorded (a run outside the image).
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -119,11 +123,15 @@ async fn main() -> anyhow::Result<()> {
         let code = once(&args, servers.clone()).await?;
         std::process::exit(code);
     }
+    if let Some(dir) = &args.audit_dir {
+        keel_core::audit::init(dir, "timed");
+    }
     let timed = Timed::new(args.settings(), Box::new(SystemClock));
     let listener = keel_core::local_api::bind_for(&args.socket, args.socket_group.as_deref())?;
     tokio::spawn(keel_core::local_api::serve(
         listener,
-        service::router(timed.clone()),
+        service::router(timed.clone())
+            .layer(axum::middleware::from_fn(keel_core::audit::local_changes)),
     ));
     tokio::spawn(timed.clone().run_periodic());
     keel_core::notify::ready_until_stopped().await?;

@@ -176,6 +176,11 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// The API with keelctl's and the local menu's changes recorded in the audit log.
+fn audited(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::from_fn(keel_core::audit::local_changes))
+}
+
 /// Serves keel-update's API on `listener`. Without `idle_exit` until the task is
 /// dropped; with it, returns `Ok(())` once idle that long (see the module), after
 /// telling systemd `STOPPING=1` and letting open connections finish.
@@ -185,13 +190,12 @@ pub async fn serve(
     idle_exit: Option<Duration>,
 ) -> std::io::Result<()> {
     let Some(idle) = idle_exit else {
-        return keel_core::local_api::serve(listener, crate::api::router(updater)).await;
+        return keel_core::local_api::serve(listener, audited(crate::api::router(updater))).await;
     };
     let activity = Activity::new();
-    let router = crate::api::router(updater.clone()).layer(axum::middleware::from_fn_with_state(
-        activity.clone(),
-        track,
-    ));
+    let router = audited(crate::api::router(updater.clone())).layer(
+        axum::middleware::from_fn_with_state(activity.clone(), track),
+    );
     let watch = activity.clone();
     let idle_now = async move {
         watch.until_idle(idle, || updater.busy()).await;
@@ -201,7 +205,10 @@ pub async fn serve(
         );
         keel_core::notify::stopping();
     };
-    axum::serve(Tracked::new(listener, activity), router)
-        .with_graceful_shutdown(idle_now)
-        .await
+    axum::serve(
+        keel_core::local_api::WithPeer(Tracked::new(listener, activity)),
+        router.into_make_service_with_connect_info::<keel_core::local_api::Peer>(),
+    )
+    .with_graceful_shutdown(idle_now)
+    .await
 }

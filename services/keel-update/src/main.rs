@@ -29,6 +29,10 @@ struct Args {
     /// activation, which starts it again at the next connection. 0: never.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     idle_exit: u64,
+    /// The shared audit directory: changes keelctl and the local menu ask for go to
+    /// <audit-dir>/update.log. None: not recorded (a run outside the image).
+    #[arg(long)]
+    audit_dir: Option<PathBuf>,
     /// Trusted update keys (*.pub). None there: every bundle is refused.
     #[arg(long, default_value = "/usr/share/keel/update-keys")]
     keys_dir: PathBuf,
@@ -137,6 +141,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let idle_exit = (args.idle_exit > 0).then(|| Duration::from_secs(args.idle_exit));
+    if let Some(dir) = &args.audit_dir {
+        keel_core::audit::init(dir, "update");
+    }
     let updater = Updater::start(args.config());
     // Install all in order goes on after a healthy boot (the outcome is settled).
     let resume = updater.clone();
