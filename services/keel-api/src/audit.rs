@@ -56,15 +56,20 @@ pub struct AuditRecord {
 /// Query of `GET /appliance/api/v1/audit` (and the page's filter form). Times are
 /// RFC 3339, or a date / date and minute (`2026-12-01`, `2026-12-01T18:42`) read as UTC.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// Only this account's records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Records from this time on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Records up to this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// At most this many records (1–1000; default 50, the console's downloads 1000).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -19,8 +19,7 @@ use axum::extract::{Form, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use ipnetwork::IpNetwork;
 use keel_api::{AccessPolicy, AccessView, CipherPolicy, MinTlsVersion};
 use keel_core::format::FileFormat;
@@ -30,6 +29,7 @@ use crate::app::{self, JsonBody, Shared};
 use crate::auth::{Auth, SessionLimits};
 use crate::error::ApiError;
 use crate::tls::{CertResolver, TlsPolicy};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// `access.json`, format 1.
 pub const ACCESS_FILE: FileFormat = FileFormat::first("console access policy");
@@ -321,6 +321,10 @@ pub async fn source_filter(State(st): State<Shared>, req: Request, next: Next) -
     }
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/access", tag = "access",
+    summary = "Security › Console access: the policy, the caller's address and the cipher suites offered",
+    responses((status = 200, body = AccessView), (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn api_get(
     State(st): State<Shared>,
     ext: axum::http::Extensions,
@@ -330,6 +334,19 @@ async fn api_get(
     Ok(Json(st.access.view(app::client_ip(&ext))))
 }
 
+#[utoipa::path(put, path = "/appliance/api/v1/access", tag = "access",
+    summary = "Replace the console access policy",
+    description = "In force at once: the source filter for every request, the session limits \
+        for every session, TLS for new connections. A policy whose networks leave out the \
+        caller's own address is refused (409); 127.0.0.1 and ::1 are always allowed.",
+    request_body = AccessPolicy,
+    responses((status = 200, body = AccessView),
+        (status = 400, description = "Not JSON"),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 409, description = "The policy would lock the caller out"),
+        (status = 422, description = "A network or a session limit out of range (named)")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_put(
     State(st): State<Shared>,
     ext: axum::http::Extensions,
@@ -343,7 +360,7 @@ async fn api_put(
 }
 
 /// The form as typed (kept as text, so a refused value comes back unchanged).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 struct AccessForm {
     #[serde(default)]
     csrf: String,
@@ -450,6 +467,11 @@ fn render_page(status: StatusCode, page: AccessPage) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/appliance/security/access", tag = "pages",
+    summary = "Security › Console access",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn page(
     State(st): State<Shared>,
     ext: axum::http::Extensions,
@@ -475,6 +497,17 @@ async fn page(
     )
 }
 
+#[utoipa::path(post, path = "/appliance/security/access", tag = "forms",
+    summary = "Security › Console access: Save",
+    description = "In force at once, as for PUT /appliance/api/v1/access; a policy that would \
+        lock out the address the form comes from is refused.",
+    request_body(content = AccessForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page, saved", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything"),
+        (status = 409, description = "The page: the policy would lock this address out", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reasons beside their fields", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn submit(
     State(st): State<Shared>,
     ext: axum::http::Extensions,
@@ -535,10 +568,10 @@ async fn submit(
     )
 }
 
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route("/appliance/api/v1/access", get(api_get).put(api_put))
-        .route("/appliance/security/access", get(page).post(submit))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(api_get, api_put))
+        .routes(routes!(page, submit))
         .merge(crate::layout::router())
 }
 

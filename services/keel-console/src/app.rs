@@ -484,7 +484,7 @@ async fn api_index(State(st): State<Shared>, headers: HeaderMap) -> Json<serde_j
         "areas": areas,
         "documentation": {
             "reference": "docs/interfaces.md of the Keel source, section \"Console HTTP API\"",
-            "openapi": "not yet: no OpenAPI document is served",
+            "openapi": crate::openapi::PATH,
         },
         "authentication": "POST /login gives a session cookie and a CSRF token; every \
             state-changing call sends the token in the X-CSRF-Token header",
@@ -530,15 +530,15 @@ fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
         .route("/", get(|| async { Redirect::permanent("/appliance/") }))
         .route("/appliance/api/v1/", get(api_index))
         .nest("/appliance/api/v1", api)
-        .merge(OpenApiRouter::from(crate::web::router()))
+        .merge(crate::web::router())
         .merge(crate::time::router())
-        .merge(OpenApiRouter::from(crate::net::router()))
-        .merge(OpenApiRouter::from(crate::update::router()))
-        .merge(OpenApiRouter::from(crate::failover::router()))
-        .merge(OpenApiRouter::from(crate::users::router()))
-        .merge(OpenApiRouter::from(crate::tokens::router()))
-        .merge(OpenApiRouter::from(crate::audit::router()))
-        .merge(OpenApiRouter::from(crate::access::router()))
+        .merge(crate::net::router())
+        .merge(crate::update::router())
+        .merge(crate::failover::router())
+        .merge(crate::users::router())
+        .merge(crate::tokens::router())
+        .merge(crate::audit::router())
+        .merge(crate::access::router())
         .with_state(state)
         .merge(extra)
 }

@@ -16,13 +16,13 @@ use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use keel_api::{AuditPage, AuditQuery, AuditRecord, AuditVia};
 use keel_core::audit::{self as log, AuditWriter, Filter, Outcome};
 
 use crate::app::{self, Shared};
 use crate::error::ApiError;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Put into a response's extensions by a handler whose actor is not the session's
 /// (a login or setup names the account it tried).
@@ -305,6 +305,13 @@ fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, e.body_text())
 }
 
+#[utoipa::path(get, path = "/appliance/status/audit", tag = "pages",
+    summary = "Status › Audit log",
+    params(AuditQuery),
+    responses((status = 200, description = "The page (50 records, newest first)", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 400, description = "The page, saying which filter is wrong", content_type = "text/html", body = String)),
+    security(("session" = []), ("token" = [])))]
 async fn html_page(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -371,6 +378,13 @@ async fn read_for(
     st.audit.query(&q, default_limit).await
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/audit", tag = "audit",
+    summary = "The audit log of every service, newest first",
+    params(AuditQuery),
+    responses((status = 200, body = AuditPage),
+        (status = 400, description = "A filter is wrong (named)"),
+        (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn api_list(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -394,6 +408,13 @@ fn attachment(name: &str, content_type: &'static str, body: Vec<u8>) -> Response
         .into_response()
 }
 
+#[utoipa::path(get, path = "/appliance/status/audit.json", tag = "pages",
+    summary = "Status › Audit log: Download JSON",
+    params(AuditQuery),
+    responses((status = 200, description = "`audit.json`, an attachment: the records (up to 1000)", content_type = "application/json", body = [AuditRecord]),
+        (status = 400, description = "A filter is wrong (named)"),
+        (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn download_json(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -404,6 +425,13 @@ async fn download_json(
     Ok(attachment("audit.json", "application/json", body))
 }
 
+#[utoipa::path(get, path = "/appliance/status/audit.csv", tag = "pages",
+    summary = "Status › Audit log: Download CSV",
+    params(AuditQuery),
+    responses((status = 200, description = "`audit.csv`, an attachment: RFC 4180, columns ts,service,user,source,via,action,target,result (up to 1000 rows)", content_type = "text/csv", body = String),
+        (status = 400, description = "A filter is wrong (named)"),
+        (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn download_csv(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -455,12 +483,12 @@ fn csv_cell(text: &str) -> String {
     }
 }
 
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route("/appliance/status/audit", get(html_page))
-        .route("/appliance/status/audit.csv", get(download_csv))
-        .route("/appliance/status/audit.json", get(download_json))
-        .route("/appliance/api/v1/audit", get(api_list))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(html_page))
+        .routes(routes!(download_csv))
+        .routes(routes!(download_json))
+        .routes(routes!(api_list))
 }
 
 /// The console's local API (`app::local_router` with the certificates' routes

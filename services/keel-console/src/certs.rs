@@ -21,6 +21,8 @@ use keel_certs::export::Exported;
 use keel_certs::material::Input;
 use keel_certs::{CertError, CertStore, ErrorKind};
 use serde::Deserialize;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;
@@ -68,8 +70,8 @@ pub fn own_body_limit(path: &str) -> bool {
 }
 
 /// The store's HTTPS routes, for `app::router_with`.
-pub fn routes(cs: CertsShared) -> utoipa_axum::router::OpenApiRouter {
-    utoipa_axum::router::OpenApiRouter::from(self::router(cs.clone()).layer(Extension(cs)))
+pub fn routes(cs: CertsShared) -> OpenApiRouter {
+    self::router(cs.clone()).layer(Extension(cs))
 }
 
 /// A certificate as the status shows it.
@@ -245,6 +247,11 @@ fn inputs(files: &[(String, Vec<u8>)]) -> Vec<Input<'_>> {
         .collect()
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/certs", tag = "certs",
+    operation_id = "certs_api_list",
+    summary = "Security › Certificates: the certificates and where each is served",
+    responses((status = 200, body = CertList), (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn api_list(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -253,6 +260,12 @@ async fn api_list(
     Ok(Json(cs.store.list().map_err(api_error)?))
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/certs/{id}", tag = "certs",
+    operation_id = "certs_api_get",
+    summary = "One certificate: subject, names, issuer, validity, key, fingerprint, warnings",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    responses((status = 200, body = CertificateEntry), (status = 401), (status = 404, description = "No such certificate")),
+    security(("session" = []), ("token" = [])))]
 async fn api_get(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -262,6 +275,18 @@ async fn api_get(
     Ok(Json(cs.store.get(&id).map_err(api_error)?))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/import", tag = "certs",
+    operation_id = "certs_api_import",
+    summary = "Import a certificate with its key and chain (PEM, DER or PKCS#12)",
+    description = "At most 8 files of 256 KiB each, base64 in the JSON body (which may be up to \
+        3 MiB). A certificate without a key completes the pending request whose key it matches.",
+    request_body = CertImportRequest,
+    responses((status = 201, body = CertificateEntry),
+        (status = 400, description = "Unreadable, wrong passphrase, key mismatch, not base64"),
+        (status = 401), (status = 403),
+        (status = 409, description = "Refused by the store's state"),
+        (status = 413, description = "Over the size limits")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_import(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -279,6 +304,18 @@ async fn api_import(
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/{id}/answer", tag = "certs",
+    operation_id = "certs_api_answer",
+    summary = "Import the CA's answer to a certificate request",
+    description = "Like import (same limits), for the pending entry `id`.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body = CertImportRequest,
+    responses((status = 200, body = CertificateEntry),
+        (status = 400, description = "Unreadable, or the key does not match the request"),
+        (status = 401), (status = 403), (status = 404, description = "No such certificate"),
+        (status = 409, description = "Not a pending request"),
+        (status = 413, description = "Over the size limits")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_answer(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -296,6 +333,13 @@ async fn api_answer(
     Ok(Json(entry))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/self-signed", tag = "certs",
+    operation_id = "certs_api_self_signed",
+    summary = "Create a self-signed certificate",
+    request_body = NewCertRequest,
+    responses((status = 201, body = CertificateEntry), (status = 400, description = "Bad names or validity"),
+        (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_self_signed(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -308,6 +352,13 @@ async fn api_self_signed(
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/csr", tag = "certs",
+    operation_id = "certs_api_csr",
+    summary = "Create a key and a certificate request (CSR) for a CA",
+    request_body = NewCertRequest,
+    responses((status = 201, body = CsrCreated), (status = 400, description = "Bad names"),
+        (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_csr(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -336,6 +387,13 @@ fn download(bytes: Vec<u8>, content_type: &'static str, file_name: &str) -> Resp
     resp
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/certs/{id}/csr", tag = "certs",
+    operation_id = "certs_api_csr_pem",
+    summary = "Download the certificate request (PEM)",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    responses((status = 200, description = "The CSR", content_type = "application/pkcs10", body = String),
+        (status = 401), (status = 404, description = "No such certificate, or no request")),
+    security(("session" = []), ("token" = [])))]
 async fn api_csr_pem(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -351,6 +409,14 @@ async fn api_csr_pem(
 }
 
 /// The certificate chain alone (public): a plain GET, e.g. for a browser link.
+#[utoipa::path(get, path = "/appliance/api/v1/certs/{id}/certificate", tag = "certs",
+    operation_id = "certs_api_cert_pem",
+    summary = "Download the certificate chain (PEM, no key)",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    responses((status = 200, description = "The chain", content_type = "application/x-pem-file", body = String),
+        (status = 401), (status = 404, description = "No such certificate"),
+        (status = 409, description = "A pending request has no certificate yet")),
+    security(("session" = []), ("token" = [])))]
 async fn api_cert_pem(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -377,6 +443,18 @@ fn exported(out: Exported) -> Response {
     download(out.bytes, out.content_type, &out.file_name)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/{id}/export", tag = "certs",
+    operation_id = "certs_api_export",
+    summary = "Export: PEM or PKCS#12, with the key on request",
+    description = "The key (and any PKCS#12) needs a passphrase of at least 8 characters. \
+        Refused to roles that may not change anything: it hands out the key.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body = CertExportRequest,
+    responses((status = 200, description = "The file", content(("application/x-pem-file"), ("application/x-pkcs12"))),
+        (status = 400, description = "No or a short passphrase"),
+        (status = 401), (status = 403), (status = 404, description = "No such certificate"),
+        (status = 409, description = "A pending request has no certificate yet")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_export(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -390,6 +468,16 @@ async fn api_export(
     Ok(exported(out))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/{id}/check", tag = "certs",
+    operation_id = "certs_api_check",
+    summary = "What assigning would warn about (names not covered, expiry, ...)",
+    description = "Changes nothing, so no CSRF token is needed; a POST all the same, so \
+        refused (403) to roles that may not change anything.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body = CertTargets,
+    responses((status = 200, body = CertCheck), (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "No such certificate")),
+    security(("session" = []), ("token" = [])))]
 async fn api_check(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -401,6 +489,17 @@ async fn api_check(
     Ok(Json(CertCheck { warnings }))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/{id}/assign", tag = "certs",
+    operation_id = "certs_api_assign",
+    summary = "Assign: serve it by default, on addresses or for host names",
+    description = "Served from the next handshake on. On a failover backup the shared \
+        addresses' certificates come from the primary (409).",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body = CertTargets,
+    responses((status = 200, body = CertList), (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "No such certificate"),
+        (status = 409, description = "A pending request, or a shared address on a failover backup")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_assign(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -422,6 +521,13 @@ async fn refuse_shared_on_backup(t: &CertTargets) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/unassign", tag = "certs",
+    operation_id = "certs_api_unassign",
+    summary = "Unassign: addresses or names go back to the default certificate",
+    request_body = CertTargets,
+    responses((status = 200, body = CertList), (status = 400), (status = 401), (status = 403),
+        (status = 409, description = "A shared address on a failover backup")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_unassign(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -434,6 +540,17 @@ async fn api_unassign(
     Ok(Json(list))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/certs/{id}/delete", tag = "certs",
+    operation_id = "certs_api_delete",
+    summary = "Delete a certificate",
+    description = "Refused (409) while it is assigned, unless a replacement (an id or \
+        `builtin`) takes its places.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body = CertDeleteRequest,
+    responses((status = 204), (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "No such certificate"),
+        (status = 409, description = "Assigned, and no replacement")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_delete(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -590,6 +707,12 @@ fn page(cs: &CertsState, csrf: String, opts: PageOpts) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/appliance/security/certificates", tag = "pages",
+    operation_id = "certs_html_page",
+    summary = "Security › Certificates",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn html_page(State(cs): State<CertsShared>, headers: HeaderMap) -> Response {
     match cs.app.session(&headers) {
         Some((_, s)) => {
@@ -646,7 +769,7 @@ fn key_type(s: &str) -> KeyType {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewForm {
     #[serde(default)]
     csrf: String,
@@ -680,6 +803,15 @@ impl NewForm {
     }
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/self-signed", tag = "forms",
+    operation_id = "certs_form_self_signed",
+    summary = "Security › Certificates: Create self-signed",
+    request_body(content = NewForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_self_signed(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -703,6 +835,15 @@ async fn form_self_signed(
     }
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/csr", tag = "forms",
+    operation_id = "certs_form_csr",
+    summary = "Security › Certificates: Create request (CSR)",
+    request_body(content = NewForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the request to give to the CA", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_csr(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -733,7 +874,7 @@ async fn form_csr(
 }
 
 /// The import forms as an older page sent them: pasted text only, urlencoded.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PasteForm {
     #[serde(default)]
     csrf: String,
@@ -743,6 +884,24 @@ struct PasteForm {
     pem: String,
     #[serde(default)]
     passphrase: String,
+}
+
+// Only for the OpenAPI document: `read_upload` reads these parts one by one into
+// an `Upload`.
+/// The Import and Answer forms with files (`multipart/form-data`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    csrf: String,
+    /// Import only.
+    label: Option<String>,
+    /// Of an encrypted key or PKCS#12 file.
+    passphrase: Option<String>,
+    /// Pasted PEM text.
+    pem: Option<String>,
+    /// Certificate, key, chain or PKCS#12 files.
+    #[schema(value_type = Option<Vec<String>>, format = Binary)]
+    files: Vec<Vec<u8>>,
 }
 
 /// What an import form sent.
@@ -878,6 +1037,19 @@ fn nothing_uploaded() -> CertError {
     CertError::Invalid("nothing to import: choose files or paste PEM text".into())
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/import", tag = "forms",
+    operation_id = "certs_form_import",
+    summary = "Security › Certificates: Import",
+    description = "Files and pasted PEM text (`multipart/form-data`), or pasted text alone \
+        (urlencoded). At most 8 files of 256 KiB each, 3 MiB in all.",
+    request_body(content((UploadForm = "multipart/form-data"), (PasteForm = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 409, description = "Refused by the store's state", content_type = "text/html", body = String),
+        (status = 413, description = "Over the size limits: the page says so, nothing imported", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_import(State(cs): State<CertsShared>, req: Request) -> Response {
     let (csrf, up) = match read_upload(&cs, req).await {
         Ok(v) => v,
@@ -905,7 +1077,7 @@ async fn form_import(State(cs): State<CertsShared>, req: Request) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct AssignForm {
     #[serde(default)]
     csrf: String,
@@ -933,6 +1105,20 @@ fn targets(text: &str, default: bool) -> CertTargets {
     t
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/{id}/assign", tag = "forms",
+    operation_id = "certs_form_assign",
+    summary = "Security › Certificates: Check or Assign",
+    description = "`action=check` shows what assigning would warn about and changes nothing; \
+        `action=assign` assigns.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body(content = AssignForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the warnings (check) or the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 404, description = "No such certificate", content_type = "text/html", body = String),
+        (status = 409, description = "Refused by the store's state", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_assign(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -970,7 +1156,7 @@ async fn form_assign(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UnassignForm {
     #[serde(default)]
     csrf: String,
@@ -978,6 +1164,16 @@ struct UnassignForm {
     target: String,
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/unassign", tag = "forms",
+    operation_id = "certs_form_unassign",
+    summary = "Security › Certificates: Unassign",
+    request_body(content = UnassignForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 409, description = "Refused by the store's state", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_unassign(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -1012,7 +1208,7 @@ async fn form_unassign(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct DeleteForm {
     #[serde(default)]
     csrf: String,
@@ -1020,6 +1216,18 @@ struct DeleteForm {
     replacement: String,
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/{id}/delete", tag = "forms",
+    operation_id = "certs_form_delete",
+    summary = "Security › Certificates: Delete",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body(content = DeleteForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 404, description = "No such certificate", content_type = "text/html", body = String),
+        (status = 409, description = "Refused by the store's state", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_delete(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -1041,7 +1249,7 @@ async fn form_delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ExportForm {
     #[serde(default)]
     csrf: String,
@@ -1053,6 +1261,19 @@ struct ExportForm {
     passphrase: String,
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/{id}/export", tag = "forms",
+    operation_id = "certs_form_export",
+    summary = "Security › Certificates: Export",
+    description = "Answers the file itself; the page only with a refusal.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body(content = ExportForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The file", content(("application/x-pem-file"), ("application/x-pkcs12"))),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 404, description = "No such certificate", content_type = "text/html", body = String),
+        (status = 409, description = "Refused by the store's state", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_export(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -1079,6 +1300,20 @@ async fn form_export(
     }
 }
 
+#[utoipa::path(post, path = "/appliance/security/certificates/{id}/answer", tag = "forms",
+    operation_id = "certs_form_answer",
+    summary = "Security › Certificates: Import the CA's answer",
+    description = "Like Import (same limits), for the pending request `id`.",
+    params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
+    request_body(content((UploadForm = "multipart/form-data"), (PasteForm = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything", content_type = "text/html", body = String),
+        (status = 404, description = "No such certificate", content_type = "text/html", body = String),
+        (status = 409, description = "Refused by the store's state", content_type = "text/html", body = String),
+        (status = 413, description = "Over the size limits: the page says so, nothing imported", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn form_answer(
     State(cs): State<CertsShared>,
     Path(id): Path<String>,
@@ -1110,33 +1345,32 @@ async fn form_answer(
 
 const API: &str = "/appliance/api/v1/certs";
 
-pub fn router(cs: CertsShared) -> Router {
+/// The store's HTTPS routes, full paths, over the store's state.
+pub fn router(cs: CertsShared) -> OpenApiRouter {
     let big = || DefaultBodyLimit::max(IMPORT_MAX_BODY);
-    let r = |p: &str| format!("{API}{p}");
-    let h = |p: &str| format!("{PAGE}{p}");
-    Router::new()
-        .route(API, get(api_list))
-        .route(&r("/import"), post(api_import).layer(big()))
-        .route(&r("/self-signed"), post(api_self_signed))
-        .route(&r("/csr"), post(api_csr))
-        .route(&r("/unassign"), post(api_unassign))
-        .route(&r("/{id}"), get(api_get))
-        .route(&r("/{id}/csr"), get(api_csr_pem))
-        .route(&r("/{id}/certificate"), get(api_cert_pem))
-        .route(&r("/{id}/answer"), post(api_answer).layer(big()))
-        .route(&r("/{id}/export"), post(api_export))
-        .route(&r("/{id}/check"), post(api_check))
-        .route(&r("/{id}/assign"), post(api_assign))
-        .route(&r("/{id}/delete"), post(api_delete))
-        .route(PAGE, get(html_page))
-        .route(&h("/self-signed"), post(form_self_signed))
-        .route(&h("/csr"), post(form_csr))
-        .route(&h("/import"), post(form_import).layer(big()))
-        .route(&h("/unassign"), post(form_unassign))
-        .route(&h("/{id}/assign"), post(form_assign))
-        .route(&h("/{id}/delete"), post(form_delete))
-        .route(&h("/{id}/export"), post(form_export))
-        .route(&h("/{id}/answer"), post(form_answer).layer(big()))
+    OpenApiRouter::new()
+        .routes(routes!(api_list))
+        .routes(routes!(api_import).layer(big()))
+        .routes(routes!(api_self_signed))
+        .routes(routes!(api_csr))
+        .routes(routes!(api_unassign))
+        .routes(routes!(api_get))
+        .routes(routes!(api_csr_pem))
+        .routes(routes!(api_cert_pem))
+        .routes(routes!(api_answer).layer(big()))
+        .routes(routes!(api_export))
+        .routes(routes!(api_check))
+        .routes(routes!(api_assign))
+        .routes(routes!(api_delete))
+        .routes(routes!(html_page))
+        .routes(routes!(form_self_signed))
+        .routes(routes!(form_csr))
+        .routes(routes!(form_import).layer(big()))
+        .routes(routes!(form_unassign))
+        .routes(routes!(form_assign))
+        .routes(routes!(form_delete))
+        .routes(routes!(form_export))
+        .routes(routes!(form_answer).layer(big()))
         .layer(DefaultBodyLimit::max(app::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             cs.clone(),

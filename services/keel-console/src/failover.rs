@@ -14,8 +14,7 @@ use askama::Template;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keel_api::{
     AutoTakeoverRequest, EstablishRequest, FailoverOverview, FailoverRole, PskBody, SyncReport,
 };
@@ -25,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{JsonBody, Shared};
 use crate::error::ApiError;
 use crate::local_service::LocalService;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const PAGE: &str = "/appliance/failover";
 pub const KEY_PAGE: &str = "/appliance/security/failover-key";
@@ -109,6 +109,11 @@ pub async fn shared_assignment_refused(ips: &[std::net::IpAddr]) -> Option<Strin
 
 // ---- JSON API ---------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/appliance/api/v1/failover", tag = "failover",
+    operation_id = "failover_api_overview",
+    summary = "Failover: this node, its peer, the takeover engine and the last sync",
+    responses((status = 200, body = FailoverOverview), (status = 401, description = "No session or token"), (status = 503, description = "keel-failover not running")),
+    security(("session" = []), ("token" = [])))]
 async fn api_overview(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -117,6 +122,15 @@ async fn api_overview(
     overview(CALL_LIMIT).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/failover/establish", tag = "failover",
+    operation_id = "failover_api_establish",
+    summary = "Establish relationship: pair with the peer, this node becomes the primary",
+    request_body = EstablishRequest,
+    responses((status = 200, body = FailoverOverview), (status = 400, description = "A malformed address, or a shared address given as a pairing address"),
+        (status = 401), (status = 403),
+        (status = 409, description = "Wrong inter-appliance key, incompatible version, or the peer is paired already"),
+        (status = 502, description = "The peer did not answer"), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_establish(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -128,6 +142,12 @@ async fn api_establish(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/failover/sync", tag = "failover",
+    operation_id = "failover_api_sync",
+    summary = "Sync now: push the configuration to the backup (primary only)",
+    responses((status = 200, body = SyncReport), (status = 401), (status = 403),
+        (status = 409, description = "Not the primary of a pair"), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_sync(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -138,6 +158,12 @@ async fn api_sync(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/failover/become-primary", tag = "failover",
+    operation_id = "failover_api_become_primary",
+    summary = "Become primary: take the shared addresses now",
+    responses((status = 200, body = FailoverOverview), (status = 401), (status = 403),
+        (status = 409, description = "Not paired"), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_become_primary(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -148,6 +174,12 @@ async fn api_become_primary(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/failover/break", tag = "failover",
+    operation_id = "failover_api_break",
+    summary = "Break relationship: this node stands alone and keeps its configuration",
+    responses((status = 200, body = FailoverOverview), (status = 401), (status = 403),
+        (status = 409, description = "Not paired"), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_break(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -158,6 +190,13 @@ async fn api_break(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/failover/auto-takeover", tag = "failover",
+    operation_id = "failover_api_auto_takeover",
+    summary = "Automatic takeover on or off",
+    request_body = AutoTakeoverRequest,
+    responses((status = 200, body = FailoverOverview), (status = 401), (status = 403),
+        (status = 409, description = "Not paired"), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_auto_takeover(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -169,6 +208,12 @@ async fn api_auto_takeover(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/failover/psk", tag = "failover",
+    operation_id = "failover_api_psk",
+    summary = "Security › Inter-appliance key: the key (base64)",
+    description = "A secret: refused (403) to roles that may not change anything, though it is a read.",
+    responses((status = 200, body = PskBody), (status = 401), (status = 403, description = "The role may not see secrets"), (status = 503, description = "keel-failover not running")),
+    security(("session" = []), ("token" = [])))]
 async fn api_psk(State(st): State<Shared>, headers: HeaderMap) -> Result<Json<PskBody>, ApiError> {
     st.session(&headers).ok_or_else(ApiError::unauthorized)?;
     call::<(), _>("GET", "/psk", None, CALL_LIMIT)
@@ -176,6 +221,14 @@ async fn api_psk(State(st): State<Shared>, headers: HeaderMap) -> Result<Json<Ps
         .map(Json)
 }
 
+#[utoipa::path(put, path = "/appliance/api/v1/failover/psk", tag = "failover",
+    operation_id = "failover_api_put_psk",
+    summary = "Security › Inter-appliance key: paste the other node's key",
+    description = "Refused unless base64 of at least 32 bytes; the stored key is kept then.",
+    request_body = PskBody,
+    responses((status = 200, body = PskBody), (status = 400, description = "Not base64, or under 32 bytes"),
+        (status = 401), (status = 403), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_put_psk(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -185,6 +238,11 @@ async fn api_put_psk(
     call("PUT", "/psk", Some(&body), CALL_LIMIT).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/failover/psk/generate", tag = "failover",
+    operation_id = "failover_api_psk_generate",
+    summary = "Security › Inter-appliance key: make a new key (the other node needs it too)",
+    responses((status = 200, body = PskBody), (status = 401), (status = 403), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_psk_generate(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -401,6 +459,12 @@ fn render(status: StatusCode, page: impl Template) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/appliance/failover", tag = "pages",
+    operation_id = "failover_html_page",
+    summary = "Failover",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn html_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((_, session)) = st.session(&headers) else {
         return Redirect::to("/appliance/").into_response();
@@ -477,7 +541,7 @@ impl EstablishForm {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct EstablishFields {
     #[serde(default)]
     csrf: String,
@@ -491,6 +555,16 @@ struct EstablishFields {
     interface: String,
 }
 
+#[utoipa::path(post, path = "/appliance/failover/establish", tag = "forms",
+    operation_id = "failover_establish_submit",
+    summary = "Failover: Establish relationship",
+    description = "Refusals stand beside the field they are about.",
+    request_body(content = EstablishFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The Failover page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn establish_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -558,7 +632,7 @@ async fn establish_submit(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ActionFields {
     #[serde(default)]
     csrf: String,
@@ -570,6 +644,15 @@ struct ActionFields {
     enabled: Option<String>,
 }
 
+#[utoipa::path(post, path = "/appliance/failover/sync", tag = "forms",
+    operation_id = "failover_sync_submit",
+    summary = "Failover: Sync now",
+    request_body(content = ActionFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The Failover page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn sync_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -603,6 +686,15 @@ async fn sync_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/failover/become-primary", tag = "forms",
+    operation_id = "failover_become_primary_submit",
+    summary = "Failover: Become primary",
+    request_body(content = ActionFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The Failover page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn become_primary_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -634,6 +726,17 @@ async fn become_primary_submit(
 /// What the second step of *Break relationship* sends.
 const BREAK_CONFIRMATION: &str = "break";
 
+#[utoipa::path(post, path = "/appliance/failover/break", tag = "forms",
+    operation_id = "failover_break_submit",
+    summary = "Failover: Break relationship",
+    description = "Asks first: the page comes back with the question, and only the second press \
+        (`confirm=break`) breaks the relationship.",
+    request_body(content = ActionFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The Failover page: the question, or the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn break_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -671,6 +774,16 @@ async fn break_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/failover/auto-takeover", tag = "forms",
+    operation_id = "failover_auto_takeover_submit",
+    summary = "Failover: Automatic takeover on or off",
+    description = "The `enabled` checkbox: present turns it on, absent off.",
+    request_body(content = ActionFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The Failover page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn auto_takeover_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -758,6 +871,14 @@ async fn on_key_page(csrf: String, opts: KeyOpts) -> Response {
     key_page(status, csrf, opts).await
 }
 
+#[utoipa::path(get, path = "/appliance/security/failover-key", tag = "pages",
+    operation_id = "failover_key_html",
+    summary = "Security › Inter-appliance key",
+    description = "Shows a secret: refused (403) to roles that may not change anything.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "The role may not see secrets", content_type = "text/html", body = String)),
+    security(("session" = []), ("token" = [])))]
 async fn key_html(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((_, session)) = st.session(&headers) else {
         return Redirect::to("/appliance/").into_response();
@@ -765,7 +886,7 @@ async fn key_html(State(st): State<Shared>, headers: HeaderMap) -> Response {
     key_page(StatusCode::OK, session.csrf_token, KeyOpts::default()).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct KeyFields {
     #[serde(default)]
     csrf: String,
@@ -773,6 +894,15 @@ struct KeyFields {
     psk: String,
 }
 
+#[utoipa::path(post, path = "/appliance/security/failover-key", tag = "forms",
+    operation_id = "failover_key_submit",
+    summary = "Security › Inter-appliance key: Save the pasted key",
+    request_body(content = KeyFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn key_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -807,6 +937,15 @@ async fn key_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/security/failover-key/generate", tag = "forms",
+    operation_id = "failover_key_generate_submit",
+    summary = "Security › Inter-appliance key: Generate a new key",
+    request_body(content = KeyFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with keel-failover's refusal", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn key_generate_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -839,27 +978,24 @@ async fn key_generate_submit(
 }
 
 /// The failover routes, full paths (merged into the console's router).
-pub fn router() -> Router<Shared> {
-    const API: &str = "/appliance/api/v1/failover";
-    let api = |p: &str| format!("{API}{p}");
-    let html = |p: &str| format!("{PAGE}{p}");
-    Router::new()
-        .route(API, get(api_overview))
-        .route(&api("/establish"), post(api_establish))
-        .route(&api("/sync"), post(api_sync))
-        .route(&api("/become-primary"), post(api_become_primary))
-        .route(&api("/break"), post(api_break))
-        .route(&api("/auto-takeover"), post(api_auto_takeover))
-        .route(&api("/psk"), get(api_psk).put(api_put_psk))
-        .route(&api("/psk/generate"), post(api_psk_generate))
-        .route(PAGE, get(html_page))
-        .route(&html("/establish"), post(establish_submit))
-        .route(&html("/sync"), post(sync_submit))
-        .route(&html("/become-primary"), post(become_primary_submit))
-        .route(&html("/break"), post(break_submit))
-        .route(&html("/auto-takeover"), post(auto_takeover_submit))
-        .route(KEY_PAGE, get(key_html).post(key_submit))
-        .route(&format!("{KEY_PAGE}/generate"), post(key_generate_submit))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(api_overview))
+        .routes(routes!(api_establish))
+        .routes(routes!(api_sync))
+        .routes(routes!(api_become_primary))
+        .routes(routes!(api_break))
+        .routes(routes!(api_auto_takeover))
+        .routes(routes!(api_psk, api_put_psk))
+        .routes(routes!(api_psk_generate))
+        .routes(routes!(html_page))
+        .routes(routes!(establish_submit))
+        .routes(routes!(sync_submit))
+        .routes(routes!(become_primary_submit))
+        .routes(routes!(break_submit))
+        .routes(routes!(auto_takeover_submit))
+        .routes(routes!(key_html, key_submit))
+        .routes(routes!(key_generate_submit))
 }
 
 #[cfg(test)]

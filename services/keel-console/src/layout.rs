@@ -7,8 +7,7 @@ use std::sync::OnceLock;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::Shared;
 
@@ -42,6 +41,12 @@ pub fn version() -> &'static str {
     crate::status::running_version()
 }
 
+#[utoipa::path(get, path = STYLESHEET_PATH, tag = "pages",
+    summary = "The console's stylesheet",
+    description = "Public. Cached for a day, then revalidated by its ETag; the pages link it \
+        with that ETag as `?v=`, so a new build's stylesheet is fetched at once.",
+    responses((status = 200, description = "The stylesheet", content_type = "text/css", body = String),
+        (status = 304, description = "Unchanged (If-None-Match holds its ETag)")))]
 async fn stylesheet(headers: HeaderMap) -> Response {
     let etag = format!("\"{}\"", stylesheet_version());
     let cached = headers
@@ -72,6 +77,6 @@ async fn stylesheet(headers: HeaderMap) -> Response {
     resp
 }
 
-pub fn router() -> Router<Shared> {
-    Router::new().route(STYLESHEET_PATH, get(stylesheet))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new().routes(routes!(stylesheet))
 }

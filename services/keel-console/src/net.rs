@@ -17,8 +17,7 @@ use askama::Template;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keel_api::{AddressMode, NetConfig, NetPending, NetState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,6 +26,7 @@ use serde_json::{json, Value};
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;
 use crate::local_service::LocalService;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Who netd records as the maker of console changes.
 pub const OWNER: &str = "console";
@@ -71,6 +71,12 @@ async fn propose(config: Value, confirm_seconds: Option<u64>) -> Result<NetPendi
     call("PUT", "/config", Some(&body)).await
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/net/config", tag = "net",
+    summary = "Networking: the running, confirmed and pending configuration and the ports",
+    responses((status = 200, body = NetState),
+        (status = 401, description = "No session or token"),
+        (status = 503, description = "keel-netd not answering")),
+    security(("session" = []), ("token" = [])))]
 async fn api_state(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -79,11 +85,30 @@ async fn api_state(
     call::<(), _>("GET", "/state", None).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PutQuery {
+    /// Seconds to confirm the change in (netd's default, 120, when absent).
     confirm_seconds: Option<u64>,
 }
 
+#[utoipa::path(put, path = "/appliance/api/v1/net/config", tag = "net",
+    summary = "Change the network configuration (commit-confirm)",
+    description = "Commit-confirm: the configuration is applied at once and put back unless \
+        POST /appliance/api/v1/net/confirm follows within the window. Any console session or \
+        token may confirm, not only this one: a client moved to a new address logs in again \
+        there. One change at a time (409 while one waits).",
+    params(PutQuery),
+    request_body = NetConfig,
+    responses((status = 202, description = "Applied, waiting for confirmation", body = NetPending),
+        (status = 400, description = "Not JSON"),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 409, description = "A change is waiting for confirmation already"),
+        (status = 422, description = "The configuration is invalid (the field is named)"),
+        (status = 500, description = "Applying failed; the previous configuration is back"),
+        (status = 503, description = "keel-netd not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_put(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -95,6 +120,12 @@ async fn api_put(
     Ok((StatusCode::ACCEPTED, Json(p)))
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/net/pending", tag = "net",
+    summary = "The change waiting for confirmation, if any (null when none)",
+    responses((status = 200, body = Option<NetPending>),
+        (status = 401, description = "No session or token"),
+        (status = 503, description = "keel-netd not answering")),
+    security(("session" = []), ("token" = [])))]
 async fn api_pending(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -103,6 +134,14 @@ async fn api_pending(
     call::<(), _>("GET", "/pending", None).await.map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/net/confirm", tag = "net",
+    summary = "Keep the pending network change",
+    responses((status = 200, description = "Confirmed and saved", body = NetState),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, a role that may not change anything, or the change was made through keelctl"),
+        (status = 409, description = "No change is waiting for confirmation"),
+        (status = 503, description = "keel-netd not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_confirm(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -113,6 +152,14 @@ async fn api_confirm(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/net/cancel", tag = "net",
+    summary = "Put the previous network configuration back now",
+    responses((status = 200, description = "Reverted", body = NetState),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, a role that may not change anything, or the change was made through keelctl"),
+        (status = 409, description = "No change is waiting for confirmation"),
+        (status = 503, description = "keel-netd not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_cancel(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -432,6 +479,11 @@ fn empty_page(csrf: String, why: String) -> IpPage {
     p
 }
 
+#[utoipa::path(get, path = "/appliance/network/ip", tag = "pages",
+    summary = "Networking › IP configuration",
+    responses((status = 200, description = "The page (saying so when keel-netd is not answering)", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn ip_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((_, session)) = st.session(&headers) else {
         return Redirect::to("/appliance/").into_response();
@@ -682,6 +734,22 @@ fn form_check(
     Ok(session.csrf_token)
 }
 
+#[utoipa::path(post, path = "/appliance/network/ip", tag = "forms",
+    summary = "Networking › IP configuration: Apply",
+    description = "Commit-confirm as for PUT /appliance/api/v1/net/config: applied at once, \
+        then the page offers Confirm and Cancel. Fields: `csrf`; per interface row N \
+        `ifN_name`, `ifN_enabled`, `ifN_mode` (`dhcp`/`static`), `ifN_addresses`, `ifN_mac`, \
+        `ifN_mtu`, `ifN_shared`, for a VLAN `ifN_vlan_parent`, `ifN_vlan_id`, `ifN_remove`; \
+        a new VLAN `newvlan_parent`, `newvlan_id`, `newvlan_name` and the `newvlan_` \
+        interface fields; `gateway4`, `gateway6`, `routes` (one per line), `dns_servers`, \
+        `dns_search`, `hostname`, `ntp_servers`.",
+    request_body(content = HashMap<String, String>, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Applied: back to the page, which asks for confirmation"),
+        (status = 403, description = "Form expired or from another site, a role that may not change anything, or keel-netd's refusal", content_type = "text/html", body = String),
+        (status = 409, description = "The form as sent: a change is waiting for confirmation already", content_type = "text/html", body = String),
+        (status = 422, description = "The form as sent, the reasons beside their fields", content_type = "text/html", body = String),
+        (status = 503, description = "The form as sent: keel-netd not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn ip_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -952,10 +1020,26 @@ async fn part_submit(
     }
 }
 
+#[utoipa::path(get, path = "/appliance/network/ntp", tag = "pages",
+    summary = "Networking › NTP servers",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn ntp_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
     part_page(Part::Ntp, st, headers).await
 }
 
+#[utoipa::path(post, path = "/appliance/network/ntp", tag = "forms",
+    summary = "Networking › NTP servers: Apply",
+    description = "Fields `csrf`, `ntp_servers` (one per line); the rest of the configuration \
+        stays as it runs. Commit-confirm as for PUT /appliance/api/v1/net/config.",
+    request_body(content = HashMap<String, String>, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Applied: back to the page, which asks for confirmation"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String),
+        (status = 409, description = "The form as sent: a change is waiting for confirmation already", content_type = "text/html", body = String),
+        (status = 422, description = "The form as sent, the reason beside its field", content_type = "text/html", body = String),
+        (status = 503, description = "The form as sent: keel-netd not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn ntp_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -964,10 +1048,26 @@ async fn ntp_submit(
     part_submit(Part::Ntp, st, headers, f).await
 }
 
+#[utoipa::path(get, path = "/appliance/network/dns", tag = "pages",
+    summary = "Networking › Hostname & DNS",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn dns_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
     part_page(Part::Dns, st, headers).await
 }
 
+#[utoipa::path(post, path = "/appliance/network/dns", tag = "forms",
+    summary = "Networking › Hostname & DNS: Apply",
+    description = "Fields `csrf`, `hostname`, `dns_servers`, `dns_search`; the rest of the \
+        configuration stays as it runs. Commit-confirm as for PUT /appliance/api/v1/net/config.",
+    request_body(content = HashMap<String, String>, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Applied: back to the page, which asks for confirmation"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String),
+        (status = 409, description = "The form as sent: a change is waiting for confirmation already", content_type = "text/html", body = String),
+        (status = 422, description = "The form as sent, the reasons beside their fields", content_type = "text/html", body = String),
+        (status = 503, description = "The form as sent: keel-netd not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn dns_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1029,6 +1129,17 @@ async fn decide(
     }
 }
 
+#[utoipa::path(post, path = "/appliance/network/confirm", tag = "forms",
+    summary = "Networking: Confirm the change",
+    description = "Fields `csrf` and `back` (`ntp` or `dns`: answer with that page instead of \
+        IP configuration).",
+    request_body(content = HashMap<String, String>, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page: confirmed and saved", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, a role that may not change anything, or the change was made through keelctl", content_type = "text/html", body = String),
+        (status = 409, description = "The page: no change is waiting for confirmation", content_type = "text/html", body = String),
+        (status = 503, description = "The page: keel-netd not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn confirm_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1037,6 +1148,17 @@ async fn confirm_submit(
     decide(st, headers, f, "confirm").await
 }
 
+#[utoipa::path(post, path = "/appliance/network/cancel", tag = "forms",
+    summary = "Networking: Cancel the change (the previous configuration back now)",
+    description = "Fields `csrf` and `back` (`ntp` or `dns`: answer with that page instead of \
+        IP configuration).",
+    request_body(content = HashMap<String, String>, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page: the previous configuration is back", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, a role that may not change anything, or the change was made through keelctl", content_type = "text/html", body = String),
+        (status = 409, description = "The page: no change is waiting for confirmation", content_type = "text/html", body = String),
+        (status = 503, description = "The page: keel-netd not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn cancel_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1046,17 +1168,17 @@ async fn cancel_submit(
 }
 
 /// The networking routes, full paths (merged into the console's router).
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route("/appliance/api/v1/net/config", get(api_state).put(api_put))
-        .route("/appliance/api/v1/net/pending", get(api_pending))
-        .route("/appliance/api/v1/net/confirm", post(api_confirm))
-        .route("/appliance/api/v1/net/cancel", post(api_cancel))
-        .route("/appliance/network/ip", get(ip_page).post(ip_submit))
-        .route("/appliance/network/ntp", get(ntp_page).post(ntp_submit))
-        .route("/appliance/network/dns", get(dns_page).post(dns_submit))
-        .route("/appliance/network/confirm", post(confirm_submit))
-        .route("/appliance/network/cancel", post(cancel_submit))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(api_state, api_put))
+        .routes(routes!(api_pending))
+        .routes(routes!(api_confirm))
+        .routes(routes!(api_cancel))
+        .routes(routes!(ip_page, ip_submit))
+        .routes(routes!(ntp_page, ntp_submit))
+        .routes(routes!(dns_page, dns_submit))
+        .routes(routes!(confirm_submit))
+        .routes(routes!(cancel_submit))
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use axum::extract::{Form, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use keel_api::{TokenCreateRequest, TokenCreated, TokenInfo, TokenList};
 use keel_core::format::FileFormat;
@@ -33,6 +32,7 @@ use time::OffsetDateTime;
 use crate::app::{self, AppState, JsonBody, Shared};
 use crate::auth::{AuthError, Role, Session};
 use crate::error::ApiError;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// `tokens.json`, format 1.
 const TOKENS_FILE: FileFormat = FileFormat::first("API tokens");
@@ -458,8 +458,6 @@ pub async fn credentials(State(st): State<Shared>, req: Request, next: Next) -> 
 
 // ---- JSON API ----------------------------------------------------------------------
 
-const API: &str = "/appliance/api/v1/tokens";
-
 fn no_minting() -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
@@ -467,6 +465,11 @@ fn no_minting() -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/tokens", tag = "tokens",
+    operation_id = "tokens_api_list",
+    summary = "API tokens: the caller's own, an administrator's holds everyone's",
+    responses((status = 200, body = TokenList), (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn api_list(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -477,6 +480,19 @@ async fn api_list(
     }))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/tokens", tag = "tokens",
+    operation_id = "tokens_api_create",
+    summary = "Create an API token (shown only in this answer)",
+    description = "Needs a logged-in session with its CSRF token: an API token cannot create \
+        tokens (403). An expiry is required (1 to 365 days); the role at most the caller's; \
+        50 tokens per account.",
+    request_body = TokenCreateRequest,
+    responses((status = 201, body = TokenCreated),
+        (status = 401, description = "No session"),
+        (status = 403, description = "CSRF token missing or wrong, a role above the caller's, or called with a token"),
+        (status = 409, description = "50 tokens for this account already"),
+        (status = 422, description = "Bad name, or no, both or an out-of-range expiry")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_create(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -492,6 +508,13 @@ async fn api_create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(delete, path = "/appliance/api/v1/tokens/{id}", tag = "tokens",
+    operation_id = "tokens_api_revoke",
+    summary = "Revoke an API token (the caller's own, or anyone's for an administrator)",
+    params(("id" = String, Path, description = "The token's id (16 hex digits)")),
+    responses((status = 200, body = TokenInfo), (status = 401), (status = 403),
+        (status = 404, description = "No such token, or not the caller's")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_revoke(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -519,7 +542,7 @@ struct TokensPage {
     form: CreateForm,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct CreateForm {
     #[serde(default)]
     csrf: String,
@@ -533,7 +556,7 @@ struct CreateForm {
     expires: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RevokeForm {
     #[serde(default)]
     csrf: String,
@@ -571,6 +594,12 @@ fn page(
     }
 }
 
+#[utoipa::path(get, path = "/appliance/account/tokens", tag = "pages",
+    operation_id = "tokens_show",
+    summary = "My account › API tokens",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn show(State(st): State<Shared>, headers: HeaderMap) -> Response {
     match st.session(&headers) {
         Some((_, s)) => page(
@@ -588,6 +617,16 @@ async fn show(State(st): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/appliance/account/tokens", tag = "forms",
+    operation_id = "tokens_create_submit",
+    summary = "My account › API tokens: Create token",
+    request_body(content = CreateForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the new token, shown this once", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role above the account's"),
+        (status = 409, description = "50 tokens for this account already", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason and the form as sent", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn create_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -640,6 +679,14 @@ async fn create_submit(
     }
 }
 
+#[utoipa::path(post, path = "/appliance/account/tokens/revoke", tag = "forms",
+    operation_id = "tokens_revoke_submit",
+    summary = "My account › API tokens: Revoke",
+    request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Back to the page"),
+        (status = 403, description = "Form expired or from another site"),
+        (status = 404, description = "No such token, or not the account's", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn revoke_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -665,12 +712,13 @@ async fn revoke_submit(
     }
 }
 
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route(API, get(api_list).post(api_create))
-        .route(&format!("{API}/{{id}}"), delete(api_revoke))
-        .route(PAGE, get(show).post(create_submit))
-        .route(&format!("{PAGE}/revoke"), post(revoke_submit))
+/// The token routes, full paths (merged into the console's router).
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(api_list, api_create))
+        .routes(routes!(api_revoke))
+        .routes(routes!(show, create_submit))
+        .routes(routes!(revoke_submit))
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Form, FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use keel_api::{
     AvailableState, AvailableUpdates, ChainState, ChainStatus, DownloadKeyAnswer, InstallAnswer,
     InstallOnlineRequest, RollbackRequest, SlotInfo, UpdatePhase, UpdateSettings,
@@ -33,6 +32,8 @@ use tokio::sync::mpsc;
 
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// keel-update's local API (`keel_api::update`).
 pub const DEFAULT_SOCKET: &str = "/run/keel/update.sock";
@@ -395,6 +396,12 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 // ---- JSON API ----------------------------------------------------------------
 
+#[utoipa::path(get, path = "/appliance/api/v1/update", tag = "update",
+    summary = "Support › Updates: the slots, the install in progress, the last outcome, the apps",
+    responses((status = 200, body = UpdateStatus),
+        (status = 401, description = "No session or token"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = []), ("token" = [])))]
 async fn api_status(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -403,12 +410,35 @@ async fn api_status(
     status(CALL_LIMIT).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InstallQuery {
+    /// Restart into the new version once it is armed (a base bundle).
     #[serde(default)]
     reboot: bool,
 }
 
+#[utoipa::path(post, path = API_INSTALL, tag = "update",
+    summary = "Install an update or app bundle (upload)",
+    description = "The body is the bundle file itself, streamed on to keel-update as it \
+        arrives (up to 1 GiB; the console's 64 KiB limit does not apply here). The session, \
+        CSRF token, type and declared size are checked before a byte is read. keel-update \
+        checks the signature before it writes anything; a base bundle goes to the inactive \
+        slot and runs from the next restart on trial, an app bundle is active at once.",
+    params(InstallQuery),
+    request_body(content = inline(BundleFile), content_type = "application/octet-stream", description = "The bundle file"),
+    responses((status = 200, body = InstallAnswer),
+        (status = 400, description = "Not a valid bundle (damaged, truncated, not signed by a trusted key), a bad query, or the upload broke off"),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 408, description = "The upload stalled"),
+        (status = 409, description = "An install is running"),
+        (status = 413, description = "Over 1 GiB"),
+        (status = 415, description = "Not sent as application/octet-stream"),
+        (status = 422, description = "Refused: clock, downgrade, replay, requirements, running on trial, ..."),
+        (status = 500, description = "Writing, read-back or arming failed"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_install(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -480,6 +510,18 @@ async fn rollback(req: &RollbackRequest) -> Result<serde_json::Value, ApiError> 
     call("POST", "/rollback", Some(req), CALL_LIMIT).await
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/update/rollback", tag = "update",
+    summary = "Roll back to the previous version (restarts the appliance)",
+    description = "`confirm` must be `ROLLBACK`.",
+    request_body = RollbackRequest,
+    responses((status = 202, description = "Restarting into the other slot", body = serde_json::Value),
+        (status = 400, description = "Not JSON"),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 409, description = "An install is running"),
+        (status = 422, description = "Not confirmed, or nothing to roll back to"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_rollback(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -498,6 +540,12 @@ async fn api_rollback(
 
 // ---- Online: settings, check, install from the feed, download key -------------
 
+#[utoipa::path(get, path = "/appliance/api/v1/update/settings", tag = "update",
+    summary = "Online updates: feed, proxy and CA settings (no password)",
+    responses((status = 200, body = UpdateSettings),
+        (status = 401, description = "No session or token"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = []), ("token" = [])))]
 async fn api_get_settings(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -508,6 +556,17 @@ async fn api_get_settings(
         .map(Json)
 }
 
+#[utoipa::path(put, path = "/appliance/api/v1/update/settings", tag = "update",
+    summary = "Change the online update settings",
+    description = "Absent members stay as they are; an empty `proxy_password` clears it.",
+    request_body = UpdateSettingsRequest,
+    responses((status = 200, body = UpdateSettings),
+        (status = 400, description = "Not JSON"),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 422, description = "A setting refused (named)"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_put_settings(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -523,6 +582,15 @@ async fn check() -> Result<AvailableUpdates, ApiError> {
     call::<(), _>("POST", "/check", None, CHECK_LIMIT).await
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/update/check", tag = "update",
+    summary = "Check for updates: fetch and verify the signed feed now",
+    responses((status = 200, body = AvailableUpdates),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 422, description = "The feed refused (not signed by a trusted key, stale, no feed set)"),
+        (status = 502, description = "The feed server or proxy unreachable"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_check(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -531,6 +599,13 @@ async fn api_check(
     check().await.map(Json)
 }
 
+#[utoipa::path(get, path = "/appliance/api/v1/update/available", tag = "update",
+    summary = "The updates the last check found",
+    responses((status = 200, body = AvailableUpdates),
+        (status = 401, description = "No session or token"),
+        (status = 404, description = "No check yet"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = []), ("token" = [])))]
 async fn api_available(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -545,6 +620,19 @@ async fn install_online(req: &InstallOnlineRequest) -> Result<InstallAnswer, Api
     call("POST", "/install-online", Some(req), ANSWER_LIMIT).await
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/update/install-online", tag = "update",
+    summary = "Download, verify and install one version from the feed",
+    request_body = InstallOnlineRequest,
+    responses((status = 200, body = InstallAnswer),
+        (status = 400, description = "Not JSON, or the download is not a valid bundle"),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 409, description = "An install is running"),
+        (status = 422, description = "Refused (not in the feed, downgrade, requirements, ...)"),
+        (status = 500, description = "Writing, read-back or arming failed"),
+        (status = 502, description = "The feed server or proxy unreachable"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_install_online(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -558,6 +646,19 @@ async fn install_all() -> Result<ChainStatus, ApiError> {
     call::<(), _>("POST", "/install-all", None, ANSWER_LIMIT).await
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/update/install-all", tag = "update",
+    summary = "Install every update of the plan in order (one restart per step)",
+    description = "Answers once the first step is armed; the appliance restarts into it and \
+        goes on with the next after each healthy start.",
+    responses((status = 200, body = ChainStatus),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 409, description = "An install is running"),
+        (status = 422, description = "Refused (nothing to install, no check yet, ...)"),
+        (status = 500, description = "Writing, read-back or arming failed"),
+        (status = 502, description = "The feed server or proxy unreachable"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_install_all(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -570,6 +671,14 @@ async fn download_key() -> Result<DownloadKeyAnswer, ApiError> {
     call::<(), _>("POST", "/download-key", None, CALL_LIMIT).await
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/update/download-key", tag = "update",
+    summary = "This appliance's download key (for a feed that asks for one)",
+    responses((status = 200, body = DownloadKeyAnswer),
+        (status = 401, description = "No session or token"),
+        (status = 403, description = "CSRF token missing or wrong, or a role that may not change anything"),
+        (status = 500, description = "The key could not be made"),
+        (status = 503, description = "keel-update not answering")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_download_key(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -864,6 +973,11 @@ async fn page(status_code: StatusCode, csrf: String, opts: PageOpts) -> Response
     }
 }
 
+#[utoipa::path(get, path = PAGE, tag = "pages",
+    summary = "Support › Updates",
+    responses((status = 200, description = "The page (saying so when keel-update is not answering)", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn html_page(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((_, session)) = st.session(&headers) else {
         return Redirect::to("/appliance/").into_response();
@@ -906,8 +1020,45 @@ async fn small_field(field: &mut axum::extract::multipart::Field<'_>) -> Result<
     String::from_utf8(out).map_err(|_| "a form field is not UTF-8".to_owned())
 }
 
+// The two upload bodies as the OpenAPI document describes them. The uploads are
+// streamed (`install`), never held, so nothing builds these.
+
+/// A bundle file.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct BundleFile(Vec<u8>);
+
+/// The Updates page's upload form, its fields in this order.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct InstallUpload {
+    /// First: checked before a byte of the file is passed on.
+    csrf: String,
+    /// A checkbox: restart into the new version once it is armed.
+    reboot: Option<String>,
+    /// The bundle file, last.
+    #[schema(value_type = String, format = Binary)]
+    bundle: Vec<u8>,
+}
+
 /// The upload form: `csrf`, then `reboot` (checkbox), then the file `bundle`, in
 /// this order; the file is passed on only once the token before it matched.
+#[utoipa::path(post, path = PAGE_INSTALL, tag = "forms",
+    summary = "Support › Updates: Install (upload a bundle)",
+    description = "Fields in this order: `csrf`, `reboot`, the file `bundle` (up to 1 GiB; \
+        the console's 64 KiB limit does not apply here). The token is checked before a byte \
+        of the file is passed on to keel-update, which checks the signature before it writes.",
+    request_body(content = InstallUpload, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The page: installed and verified (and restarting, with `reboot`)", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 400, description = "The page: no file, not a valid bundle, or the upload broke off", content_type = "text/html", body = String),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String),
+        (status = 409, description = "The page: an install is running", content_type = "text/html", body = String),
+        (status = 413, description = "The page: over 1 GiB", content_type = "text/html", body = String),
+        (status = 422, description = "The page: refused (clock, downgrade, requirements, ...)", content_type = "text/html", body = String),
+        (status = 503, description = "The page: keel-update not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn install_submit(State(st): State<Shared>, req: Request) -> Response {
     let headers = req.headers().clone();
     let declared = declared_length(&headers);
@@ -1080,7 +1231,7 @@ async fn install_submit(State(st): State<Shared>, req: Request) -> Response {
     refused(status, why, reboot).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RollbackForm {
     #[serde(default)]
     csrf: String,
@@ -1088,6 +1239,17 @@ struct RollbackForm {
     confirm: String,
 }
 
+#[utoipa::path(post, path = "/appliance/support/updates/rollback", tag = "forms",
+    summary = "Support › Updates: Roll back",
+    description = "`confirm` must be `ROLLBACK`; the appliance restarts into the other slot.",
+    request_body(content = RollbackForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 202, description = "Rolling back", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String),
+        (status = 409, description = "The page: an install is running", content_type = "text/html", body = String),
+        (status = 422, description = "The page: not confirmed, or nothing to roll back to", content_type = "text/html", body = String),
+        (status = 503, description = "The page: keel-update not answering", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn rollback_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1140,7 +1302,7 @@ async fn rollback_submit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SettingsForm {
     #[serde(default)]
     csrf: String,
@@ -1159,7 +1321,7 @@ struct SettingsForm {
     ca_certificate: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ActionForm {
     #[serde(default)]
     csrf: String,
@@ -1196,6 +1358,15 @@ async fn form_action(
     page(StatusCode::OK, csrf, action.await).await
 }
 
+#[utoipa::path(post, path = "/appliance/support/updates/settings", tag = "forms",
+    summary = "Support › Updates: Save online update settings",
+    description = "An empty `proxy_password` keeps the stored one; `clear_password` (a \
+        checkbox) removes it.",
+    request_body(content = SettingsForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page: saved, or why not", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn settings_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1229,6 +1400,13 @@ async fn settings_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/support/updates/check", tag = "forms",
+    summary = "Support › Updates: Check for updates",
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with what the feed offers, or why the check failed", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn check_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1254,6 +1432,15 @@ async fn check_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/support/updates/install-online", tag = "forms",
+    summary = "Support › Updates: Install (one version from the feed)",
+    description = "`version`, and `component`: `base` or an app's name. A base version \
+        restarts the appliance to try it.",
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page: installed, or why not", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn install_online_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1296,6 +1483,13 @@ async fn install_online_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/support/updates/install-all", tag = "forms",
+    summary = "Support › Updates: Install all (in order)",
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page: the first step armed (the appliance restarts), or why not", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn install_all_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1320,6 +1514,13 @@ async fn install_all_submit(
     .await
 }
 
+#[utoipa::path(post, path = "/appliance/support/updates/download-key", tag = "forms",
+    summary = "Support › Updates: Show download key",
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the key, or why there is none", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn download_key_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -1343,47 +1544,26 @@ async fn download_key_submit(
 /// The update routes, full paths (merged into the console's router). The two
 /// install routes read up to a bundle's size (the global limit skips them, see
 /// `app::refuse_oversized` and [`own_body_limit`]).
-pub fn router() -> Router<Shared> {
+pub fn router() -> OpenApiRouter<Shared> {
     let bundle = || DefaultBodyLimit::max((MAX_BUNDLE + FORM_OVERHEAD) as usize);
-    Router::new()
-        .route("/appliance/api/v1/update", get(api_status))
-        .route(API_INSTALL, post(api_install).layer(bundle()))
-        .route("/appliance/api/v1/update/rollback", post(api_rollback))
-        .route(PAGE, get(html_page))
-        .route(PAGE_INSTALL, post(install_submit).layer(bundle()))
-        .route("/appliance/support/updates/rollback", post(rollback_submit))
-        .route(
-            "/appliance/api/v1/update/settings",
-            get(api_get_settings).put(api_put_settings),
-        )
-        .route("/appliance/api/v1/update/check", post(api_check))
-        .route("/appliance/api/v1/update/available", get(api_available))
-        .route(
-            "/appliance/api/v1/update/install-online",
-            post(api_install_online),
-        )
-        .route(
-            "/appliance/api/v1/update/install-all",
-            post(api_install_all),
-        )
-        .route(
-            "/appliance/api/v1/update/download-key",
-            post(api_download_key),
-        )
-        .route("/appliance/support/updates/settings", post(settings_submit))
-        .route("/appliance/support/updates/check", post(check_submit))
-        .route(
-            "/appliance/support/updates/install-online",
-            post(install_online_submit),
-        )
-        .route(
-            "/appliance/support/updates/install-all",
-            post(install_all_submit),
-        )
-        .route(
-            "/appliance/support/updates/download-key",
-            post(download_key_submit),
-        )
+    OpenApiRouter::new()
+        .routes(routes!(api_status))
+        .routes(routes!(api_install).layer(bundle()))
+        .routes(routes!(api_rollback))
+        .routes(routes!(html_page))
+        .routes(routes!(install_submit).layer(bundle()))
+        .routes(routes!(rollback_submit))
+        .routes(routes!(api_get_settings, api_put_settings))
+        .routes(routes!(api_check))
+        .routes(routes!(api_available))
+        .routes(routes!(api_install_online))
+        .routes(routes!(api_install_all))
+        .routes(routes!(api_download_key))
+        .routes(routes!(settings_submit))
+        .routes(routes!(check_submit))
+        .routes(routes!(install_online_submit))
+        .routes(routes!(install_all_submit))
+        .routes(routes!(download_key_submit))
 }
 
 #[cfg(test)]

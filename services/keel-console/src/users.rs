@@ -6,8 +6,7 @@ use axum::extract::{Form, Path, Request, State};
 use axum::http::{Extensions, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, patch, post};
-use axum::{Json, Router};
+use axum::Json;
 use keel_api::{
     NewUser, PasswordChange, Role, TotpConfirm, TotpEnabled, TotpEnrolment, TotpRemove, User,
     UserChange, UserList,
@@ -18,11 +17,7 @@ use crate::app::{self, client_ip, JsonBody, Shared};
 use crate::auth::{AuthError, Session};
 use crate::error::ApiError;
 use crate::web::{form_user, render, MessagePage};
-
-const PAGE: &str = "/appliance/users";
-const ACCOUNT_PAGE: &str = "/appliance/account";
-const API: &str = "/appliance/api/v1/users";
-const ACCOUNT_API: &str = "/appliance/api/v1/account";
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// GET routes that hand out private keys or secrets: refused for roles that may
 /// not change anything (an auditor sees everything else). Keep this the one list:
@@ -117,6 +112,11 @@ async fn blocking<T: Send + 'static>(
 
 // ---- JSON API --------------------------------------------------------------------
 
+#[utoipa::path(get, path = "/appliance/api/v1/users", tag = "users",
+    operation_id = "users_api_list",
+    summary = "Users: the console accounts",
+    responses((status = 200, body = UserList), (status = 401, description = "No session or token")),
+    security(("session" = []), ("token" = [])))]
 async fn api_list(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -127,6 +127,14 @@ async fn api_list(
     }))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/users", tag = "users",
+    operation_id = "users_api_add",
+    summary = "Add a user",
+    request_body = NewUser,
+    responses((status = 201, body = User), (status = 401), (status = 403),
+        (status = 409, description = "The name exists"),
+        (status = 422, description = "Bad name or weak password (says which rule)")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_add(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -139,6 +147,17 @@ async fn api_add(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+#[utoipa::path(patch, path = "/appliance/api/v1/users/{name}", tag = "users",
+    operation_id = "users_api_change",
+    summary = "Disable, enable or change the role of a user",
+    description = "Disabling ends the account's sessions. Not for yourself or the last \
+        enabled administrator (409).",
+    params(("name" = String, Path, description = "The account's name")),
+    request_body = UserChange,
+    responses((status = 200, body = User), (status = 401), (status = 403),
+        (status = 404, description = "No such account"),
+        (status = 409, description = "Yourself, or the last enabled administrator")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_change(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -152,6 +171,14 @@ async fn api_change(
         .map_err(auth_err)
 }
 
+#[utoipa::path(delete, path = "/appliance/api/v1/users/{name}", tag = "users",
+    operation_id = "users_api_delete",
+    summary = "Delete a user (its sessions end)",
+    params(("name" = String, Path, description = "The account's name")),
+    responses((status = 204), (status = 401), (status = 403),
+        (status = 404, description = "No such account"),
+        (status = 409, description = "Yourself, or the last enabled administrator")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_delete(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -175,6 +202,16 @@ fn own_session(st: &Shared, headers: &HeaderMap) -> Result<(String, Session), Ap
     Ok((token, s))
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/account/password", tag = "account",
+    operation_id = "users_api_password",
+    summary = "My account: change my password (other sessions of the account end)",
+    description = "Any role, but a logged-in session only: an API token gets 403.",
+    request_body = PasswordChange,
+    responses((status = 204), (status = 401), (status = 403),
+        (status = 409, description = "The current password is wrong"),
+        (status = 422, description = "The new password is weak (names the rule)"),
+        (status = 429, description = "Too many wrong current passwords")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_password(
     State(st): State<Shared>,
     ext: Extensions,
@@ -197,6 +234,12 @@ async fn api_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/account/totp", tag = "account",
+    operation_id = "users_api_totp_begin",
+    summary = "My account: begin a second factor (TOTP), not in force until confirmed",
+    description = "Any role, but a logged-in session only: an API token gets 403.",
+    responses((status = 200, body = TotpEnrolment), (status = 401), (status = 403)),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_totp_begin(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -205,6 +248,15 @@ async fn api_totp_begin(
     st.auth.totp_begin(&s.user).map(Json).map_err(auth_err)
 }
 
+#[utoipa::path(post, path = "/appliance/api/v1/account/totp/confirm", tag = "account",
+    operation_id = "users_api_totp_confirm",
+    summary = "My account: confirm the second factor with a code; the recovery codes, shown once",
+    description = "Any role, but a logged-in session only: an API token gets 403.",
+    request_body = TotpConfirm,
+    responses((status = 200, body = TotpEnabled),
+        (status = 401, description = "No session, or a wrong code"), (status = 403),
+        (status = 409, description = "No enrolment begun")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_totp_confirm(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -218,6 +270,15 @@ async fn api_totp_confirm(
     Ok(Json(TotpEnabled { recovery_codes }))
 }
 
+#[utoipa::path(delete, path = "/appliance/api/v1/account/totp", tag = "account",
+    operation_id = "users_api_totp_remove",
+    summary = "My account: remove the second factor (needs the password)",
+    description = "Any role, but a logged-in session only: an API token gets 403.",
+    request_body = TotpRemove,
+    responses((status = 204), (status = 401), (status = 403),
+        (status = 409, description = "The password is wrong"),
+        (status = 429, description = "Too many wrong passwords")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_totp_remove(
     State(st): State<Shared>,
     ext: Extensions,
@@ -276,6 +337,12 @@ fn users_page(st: &Shared, s: &Session, status: StatusCode, o: UsersOpts) -> Res
     )
 }
 
+#[utoipa::path(get, path = "/appliance/users", tag = "pages",
+    operation_id = "users_users_html",
+    summary = "Users",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn users_html(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((_, s)) = st.session(&headers) else {
         return Redirect::to("/appliance/").into_response();
@@ -287,7 +354,7 @@ fn error_status(e: &AuthError) -> StatusCode {
     app::auth_error(e.clone()).status
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct AddForm {
     #[serde(default)]
     csrf: String,
@@ -301,6 +368,16 @@ struct AddForm {
     password2: String,
 }
 
+#[utoipa::path(post, path = "/appliance/users/add", tag = "forms",
+    operation_id = "users_add_submit",
+    summary = "Users: Add user",
+    request_body(content = AddForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 409, description = "The name exists", content_type = "text/html", body = String),
+        (status = 422, description = "The page with the reason and the form as sent", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn add_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -357,7 +434,7 @@ async fn add_submit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UserActionForm {
     #[serde(default)]
     csrf: String,
@@ -369,6 +446,19 @@ struct UserActionForm {
     confirm: Option<String>,
 }
 
+#[utoipa::path(post, path = "/appliance/users/{name}", tag = "forms",
+    operation_id = "users_user_action_submit",
+    summary = "Users: Disable, Enable or Delete a user",
+    description = "Delete asks first: the page comes back with a confirmation, and only the \
+        second press (`confirm=yes`) deletes.",
+    params(("name" = String, Path, description = "The account's name")),
+    request_body(content = UserActionForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome or the confirmation", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 404, description = "No such account", content_type = "text/html", body = String),
+        (status = 409, description = "Yourself, or the last enabled administrator", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn user_action_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -482,6 +572,12 @@ fn account_page(st: &Shared, s: &Session, status: StatusCode, o: AccountOpts) ->
     )
 }
 
+#[utoipa::path(get, path = "/appliance/account", tag = "pages",
+    operation_id = "users_account_html",
+    summary = "My account",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn account_html(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((_, s)) = st.session(&headers) else {
         return Redirect::to("/appliance/").into_response();
@@ -489,7 +585,7 @@ async fn account_html(State(st): State<Shared>, headers: HeaderMap) -> Response 
     account_page(&st, &s, StatusCode::OK, AccountOpts::default())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PasswordForm {
     #[serde(default)]
     csrf: String,
@@ -513,6 +609,17 @@ fn account_error(st: &Shared, s: &Session, e: AuthError) -> Response {
     )
 }
 
+#[utoipa::path(post, path = "/appliance/account/password", tag = "forms",
+    operation_id = "users_password_submit",
+    summary = "My account: Change password",
+    request_body(content = PasswordForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site"),
+        (status = 409, description = "The current password is wrong", content_type = "text/html", body = String),
+        (status = 422, description = "The new passwords differ or are weak", content_type = "text/html", body = String),
+        (status = 429, description = "Too many wrong current passwords", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn password_submit(
     State(st): State<Shared>,
     ext: Extensions,
@@ -552,7 +659,7 @@ async fn password_submit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TotpForm {
     #[serde(default)]
     csrf: String,
@@ -565,6 +672,17 @@ struct TotpForm {
     password: String,
 }
 
+#[utoipa::path(post, path = "/appliance/account/totp", tag = "forms",
+    operation_id = "users_totp_submit",
+    summary = "My account: Second factor (begin, confirm with a code, or remove)",
+    request_body(content = TotpForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The page: the enrolment, the recovery codes once, or the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 401, description = "Wrong code", content_type = "text/html", body = String),
+        (status = 403, description = "Form expired or from another site"),
+        (status = 409, description = "Nothing begun, or the password is wrong", content_type = "text/html", body = String),
+        (status = 429, description = "Too many wrong passwords", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn totp_submit(
     State(st): State<Shared>,
     ext: Extensions,
@@ -621,26 +739,18 @@ async fn totp_submit(
     }
 }
 
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route(API, get(api_list).post(api_add))
-        .route(
-            &format!("{API}/{{name}}"),
-            patch(api_change).delete(api_delete),
-        )
-        .route(&format!("{ACCOUNT_API}/password"), post(api_password))
-        .route(
-            &format!("{ACCOUNT_API}/totp"),
-            post(api_totp_begin).delete(api_totp_remove),
-        )
-        .route(
-            &format!("{ACCOUNT_API}/totp/confirm"),
-            post(api_totp_confirm),
-        )
-        .route(PAGE, get(users_html))
-        .route(&format!("{PAGE}/add"), post(add_submit))
-        .route(&format!("{PAGE}/{{name}}"), post(user_action_submit))
-        .route(ACCOUNT_PAGE, get(account_html))
-        .route(&format!("{ACCOUNT_PAGE}/password"), post(password_submit))
-        .route(&format!("{ACCOUNT_PAGE}/totp"), post(totp_submit))
+/// The users and account routes, full paths (merged into the console's router).
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(api_list, api_add))
+        .routes(routes!(api_change, api_delete))
+        .routes(routes!(api_password))
+        .routes(routes!(api_totp_begin, api_totp_remove))
+        .routes(routes!(api_totp_confirm))
+        .routes(routes!(users_html))
+        .routes(routes!(add_submit))
+        .routes(routes!(user_action_submit))
+        .routes(routes!(account_html))
+        .routes(routes!(password_submit))
+        .routes(routes!(totp_submit))
 }

@@ -6,9 +6,8 @@ use askama::Template;
 use axum::extract::{Form, State};
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::{self, AppState, PowerAction, Shared};
 use crate::auth::{random_hex, AuthError, Session};
@@ -144,6 +143,12 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
+#[utoipa::path(get, path = "/appliance/", tag = "pages",
+    summary = "Status › Basics (the login or setup form without a session)",
+    description = "Public: without a session it is the login form, or the setup form while \
+        no account can log in yet; both set the `keel_pre` cookie their form's CSRF field \
+        must match.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
     if st.auth.nobody_can_log_in() {
         return pre_session_page(&headers, StatusCode::OK, Pre::Setup, None);
@@ -154,8 +159,22 @@ async fn index(State(st): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `/appliance` without the slash: the same page.
+#[utoipa::path(get, path = "/appliance", tag = "pages",
+    summary = "Status › Basics (the same as /appliance/)",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+async fn index_bare(st: State<Shared>, headers: HeaderMap) -> Response {
+    index(st, headers).await
+}
+
 /// The setup form while `admin` waits for its password (other accounts may log
 /// in meanwhile, so `/appliance/` shows the login).
+#[utoipa::path(get, path = "/appliance/setup", tag = "pages",
+    summary = "First setup: the admin password",
+    description = "Public, while the `admin` account waits for its password (with the setup \
+        code from the local console).",
+    responses((status = 200, description = "The setup form", content_type = "text/html", body = String),
+        (status = 303, description = "Set up already: to the console")))]
 async fn setup_html(State(st): State<Shared>, headers: HeaderMap) -> Response {
     if !st.auth.setup_required() {
         return Redirect::to("/appliance/").into_response();
@@ -187,7 +206,7 @@ async fn basics(st: &AppState, csrf: String, error: Option<String>) -> Response 
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SetupForm {
     #[serde(default)]
     csrf: String,
@@ -210,6 +229,16 @@ fn logged_in(token: &str) -> Response {
     resp
 }
 
+#[utoipa::path(post, path = "/appliance/setup", tag = "forms",
+    summary = "First setup: Set password",
+    description = "Public. The `csrf` field must match the `keel_pre` cookie the form came \
+        with; the setup code is rate-limited like a login.",
+    request_body(content = SetupForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Set up and logged in (session cookie), or set up already: to the console"),
+        (status = 401, description = "The form again: wrong setup code", content_type = "text/html", body = String),
+        (status = 403, description = "The form again: expired or from another site", content_type = "text/html", body = String),
+        (status = 422, description = "The form again: the passwords differ or the password is too weak", content_type = "text/html", body = String),
+        (status = 429, description = "The form again: too many attempts", content_type = "text/html", body = String)))]
 async fn setup_submit(
     State(st): State<Shared>,
     ext: Extensions,
@@ -246,7 +275,7 @@ async fn setup_submit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginForm {
     #[serde(default)]
     csrf: String,
@@ -259,6 +288,16 @@ struct LoginForm {
     code: String,
 }
 
+#[utoipa::path(post, path = "/appliance/login", tag = "forms",
+    summary = "Log in",
+    description = "Public. The `csrf` field must match the `keel_pre` cookie the form came \
+        with. Rate-limited per account and per source address.",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Logged in (session cookie): to the console"),
+        (status = 401, description = "The form again: wrong name, password or code, or the code is needed", content_type = "text/html", body = String),
+        (status = 403, description = "The form again: expired or from another site", content_type = "text/html", body = String),
+        (status = 409, description = "The form again: no account has a password yet (first setup)", content_type = "text/html", body = String),
+        (status = 429, description = "The form again: too many attempts", content_type = "text/html", body = String)))]
 async fn login_submit(
     State(st): State<Shared>,
     ext: Extensions,
@@ -298,7 +337,7 @@ async fn login_submit(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
@@ -344,6 +383,12 @@ fn checked_form(
     Ok((token, session))
 }
 
+#[utoipa::path(post, path = "/appliance/logout", tag = "forms",
+    summary = "Log out",
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Session ended (or none): to the login page"),
+        (status = 403, description = "Form expired or from another site", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn logout_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -451,7 +496,7 @@ async fn power_ask(st: Shared, headers: HeaderMap, action: PowerAction) -> Respo
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct PowerForm {
     #[serde(default)]
     csrf: String,
@@ -475,14 +520,34 @@ async fn power_form(
     power_submit(st, headers, CsrfForm { csrf: form.csrf }, action).await
 }
 
+#[utoipa::path(get, path = "/appliance/system/shutdown", tag = "pages",
+    summary = "Shut down the appliance? (the confirmation page)",
+    responses((status = 200, description = "The confirmation page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn shutdown_ask(State(st): State<Shared>, headers: HeaderMap) -> Response {
     power_ask(st, headers, PowerAction::Poweroff).await
 }
 
+#[utoipa::path(get, path = "/appliance/system/reboot", tag = "pages",
+    summary = "Restart the appliance? (the confirmation page)",
+    responses((status = 200, description = "The confirmation page", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page")),
+    security(("session" = []), ("token" = [])))]
 async fn reboot_ask(State(st): State<Shared>, headers: HeaderMap) -> Response {
     power_ask(st, headers, PowerAction::Reboot).await
 }
 
+#[utoipa::path(post, path = "/appliance/system/shutdown", tag = "forms",
+    summary = "Status › Basics: Shut down",
+    description = "Second press: without `confirm=yes` it answers the confirmation page and \
+        nothing happens; with it the appliance powers off.",
+    request_body(content = PowerForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The confirmation page (no `confirm=yes`)", content_type = "text/html", body = String),
+        (status = 202, description = "Shutting down", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn shutdown_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -491,6 +556,16 @@ async fn shutdown_submit(
     power_form(st, headers, form, PowerAction::Poweroff).await
 }
 
+#[utoipa::path(post, path = "/appliance/system/reboot", tag = "forms",
+    summary = "Status › Basics: Restart",
+    description = "Second press: without `confirm=yes` it answers the confirmation page and \
+        nothing happens; with it the appliance restarts.",
+    request_body(content = PowerForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The confirmation page (no `confirm=yes`)", content_type = "text/html", body = String),
+        (status = 202, description = "Restarting", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn reboot_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -499,7 +574,7 @@ async fn reboot_submit(
     power_form(st, headers, form, PowerAction::Reboot).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ResetForm {
     #[serde(default)]
     csrf: String,
@@ -509,6 +584,16 @@ struct ResetForm {
     power_off: Option<String>,
 }
 
+#[utoipa::path(post, path = "/appliance/system/factory-reset", tag = "forms",
+    summary = "Status › Basics: Reset to factory defaults",
+    description = "`confirm` must be `RESET`; `power_off` (a checkbox) powers off after the \
+        reset instead of starting as a new appliance.",
+    request_body(content = ResetForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 202, description = "Resetting", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or a role that may not change anything", content_type = "text/html", body = String),
+        (status = 422, description = "Status › Basics, saying `RESET` was not typed", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
 async fn reset_submit(
     State(st): State<Shared>,
     headers: HeaderMap,
@@ -535,20 +620,14 @@ async fn reset_submit(
     }
 }
 
-pub fn router() -> Router<Shared> {
-    Router::new()
-        .route("/appliance", get(index))
-        .route("/appliance/", get(index))
-        .route("/appliance/setup", get(setup_html).post(setup_submit))
-        .route("/appliance/login", post(login_submit))
-        .route("/appliance/logout", post(logout_submit))
-        .route(
-            "/appliance/system/shutdown",
-            get(shutdown_ask).post(shutdown_submit),
-        )
-        .route(
-            "/appliance/system/reboot",
-            get(reboot_ask).post(reboot_submit),
-        )
-        .route("/appliance/system/factory-reset", post(reset_submit))
+pub fn router() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(index_bare))
+        .routes(routes!(index))
+        .routes(routes!(setup_html, setup_submit))
+        .routes(routes!(login_submit))
+        .routes(routes!(logout_submit))
+        .routes(routes!(shutdown_ask, shutdown_submit))
+        .routes(routes!(reboot_ask, reboot_submit))
+        .routes(routes!(reset_submit))
 }

@@ -516,11 +516,9 @@ async fn api_base_answers_an_index_and_unknown_endpoints_point_at_it() {
                 .contains("docs/interfaces.md"),
             "{v}"
         );
-        assert!(
-            v["documentation"]["openapi"]
-                .as_str()
-                .unwrap()
-                .starts_with("not yet"),
+        assert_eq!(
+            v["documentation"]["openapi"],
+            keel_console::openapi::PATH,
             "{v}"
         );
         assert!(
