@@ -509,7 +509,9 @@ pub fn router(state: Shared) -> Router {
 
 /// The OpenAPI document of every HTTPS route (`extra`: see `router_with`).
 pub fn document(state: Shared, extra: OpenApiRouter) -> utoipa::openapi::OpenApi {
-    all_routes(state, extra).split_for_parts().1
+    let mut doc = all_routes(state, extra).split_for_parts().1;
+    crate::openapi::finish(&mut doc);
+    doc
 }
 
 fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
@@ -548,9 +550,14 @@ fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
 /// log, role gate and token check cover every route alike. The OpenAPI document
 /// of exactly these routes is served at `openapi::PATH`.
 pub fn router_with(state: Shared, extra: OpenApiRouter) -> Router {
-    let (router, doc) = all_routes(state.clone(), extra).split_for_parts();
+    let (router, mut doc) = all_routes(state.clone(), extra).split_for_parts();
+    crate::openapi::finish(&mut doc);
     router
         .merge(crate::openapi::route(state.clone(), &doc))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api_changes_need_credentials,
+        ))
         // Outermost last: the source filter and size limit run first, the audit
         // log sees what the role gate refused.
         .layer(axum::middleware::from_fn_with_state(
@@ -576,6 +583,34 @@ pub fn router_with(state: Shared, extra: OpenApiRouter) -> Router {
             crate::access::source_filter,
         ))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// The API calls anyone may make: first setup and login (both same-origin only).
+const PUBLIC_API_CHANGES: &[&str] = &["/appliance/api/v1/setup", "/appliance/api/v1/login"];
+
+/// Every other state-changing JSON API call is refused here, before its handler
+/// reads the body, without a session or token (401) or with a session but no
+/// matching CSRF token (403): the answer does not depend on the body, and a new
+/// route cannot forget the check (its handler checks again).
+async fn api_changes_need_credentials(
+    State(st): State<Shared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if changes
+        && path.starts_with(API_BASE)
+        && !PUBLIC_API_CHANGES.contains(&path.trim_end_matches('/'))
+    {
+        if let Err(e) = st.api_session_for_change(req.headers()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// After a state-changing request the next status is computed anew: the admin

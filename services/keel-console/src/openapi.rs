@@ -90,6 +90,60 @@ pub fn base() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// What the annotations leave out and OpenAPI requires, filled in once the routes
+/// are together: a unique `operationId` per operation (handlers of different
+/// modules share names such as `api_check`), made from method and path; and a
+/// description for every response, its status's reason phrase where the
+/// annotation gave none.
+pub fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+            ("head", &mut item.head),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op.as_mut() else { continue };
+            op.operation_id = Some(operation_id(method, path));
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let utoipa::openapi::RefOr::T(r) = response {
+                    if r.description.is_empty() {
+                        r.description = reason(status);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `post /appliance/api/v1/certs/{id}/assign` → `post_api_v1_certs_id_assign`.
+fn operation_id(method: &str, path: &str) -> String {
+    let rest = path.strip_prefix("/appliance").unwrap_or(path);
+    let mut id = method.to_owned();
+    for part in rest.split('/').filter(|p| !p.is_empty()) {
+        id.push('_');
+        id.extend(
+            part.chars()
+                .filter(|c| !matches!(c, '{' | '}'))
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id
+}
+
+fn reason(status: &str) -> String {
+    status
+        .parse::<u16>()
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Answer")
+        .to_owned()
+}
+
 /// `GET /appliance/api/v1/openapi.json`, the finished document serialized once.
 /// Only to a session or token, like everything but the index: the document names
 /// the version.
@@ -126,4 +180,22 @@ fn serve(json: Arc<[u8]>) -> Response {
         json.to_vec(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids_come_from_method_and_path() {
+        assert_eq!(
+            operation_id("post", "/appliance/api/v1/certs/{id}/assign"),
+            "post_api_v1_certs_id_assign"
+        );
+        assert_eq!(
+            operation_id("get", "/appliance/status/audit.csv"),
+            "get_status_audit_csv"
+        );
+        assert_eq!(reason("404"), "Not Found");
+    }
 }
