@@ -28,8 +28,8 @@ use serde::Deserialize;
 use crate::app::{self, JsonBody, Shared};
 use crate::auth::{Auth, SessionLimits};
 use crate::error::ApiError;
+use crate::openapi::{routes, OpenApiRouter};
 use crate::tls::{CertResolver, TlsPolicy};
-use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// `access.json`, format 1.
 pub const ACCESS_FILE: FileFormat = FileFormat::first("console access policy");

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::{Auth, AuthError, Session, Throttle};
 use crate::error::ApiError;
+use crate::openapi::{routes, OpenApiRouter};
 use crate::status;
-use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const SESSION_COOKIE: &str = "keel_session";
 /// Request bodies above this are refused (413) before they are read whole.
@@ -509,9 +509,7 @@ pub fn router(state: Shared) -> Router {
 
 /// The OpenAPI document of every HTTPS route (`extra`: see `router_with`).
 pub fn document(state: Shared, extra: OpenApiRouter) -> utoipa::openapi::OpenApi {
-    let mut doc = all_routes(state, extra).split_for_parts().1;
-    crate::openapi::finish(&mut doc);
-    doc
+    crate::openapi::document(&all_routes(state, extra).split_for_parts().1)
 }
 
 fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
@@ -526,7 +524,7 @@ fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
         .routes(routes!(api_reboot))
         .routes(routes!(api_factory_reset))
         .fallback(api_not_found);
-    OpenApiRouter::with_openapi(crate::openapi::base())
+    OpenApiRouter::new()
         // Aliases, not routes of their own: the bare host, and the API base with a
         // slash (the nested "/" above is the base without one).
         .route("/", get(|| async { Redirect::permanent("/appliance/") }))
@@ -550,10 +548,9 @@ fn all_routes(state: Shared, extra: OpenApiRouter) -> OpenApiRouter {
 /// log, role gate and token check cover every route alike. The OpenAPI document
 /// of exactly these routes is served at `openapi::PATH`.
 pub fn router_with(state: Shared, extra: OpenApiRouter) -> Router {
-    let (router, mut doc) = all_routes(state.clone(), extra).split_for_parts();
-    crate::openapi::finish(&mut doc);
+    let (router, operations) = all_routes(state.clone(), extra).split_for_parts();
     router
-        .merge(crate::openapi::route(state.clone(), &doc))
+        .merge(crate::openapi::route(state.clone(), operations))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api_changes_need_credentials,

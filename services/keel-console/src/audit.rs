@@ -22,7 +22,7 @@ use keel_core::audit::{self as log, AuditWriter, Filter, Outcome};
 
 use crate::app::{self, Shared};
 use crate::error::ApiError;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use crate::openapi::{routes, OpenApiRouter};
 
 /// Put into a response's extensions by a handler whose actor is not the session's
 /// (a login or setup names the account it tried).

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::openapi::{routes, OpenApiRouter};
 use askama::Template;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, Form, FromRequest, Multipart, Path, Request, State};
@@ -21,8 +22,6 @@ use keel_certs::export::Exported;
 use keel_certs::material::Input;
 use keel_certs::{CertError, CertStore, ErrorKind};
 use serde::Deserialize;
-use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
-use utoipa_axum::routes;
 
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;

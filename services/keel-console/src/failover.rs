@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{JsonBody, Shared};
 use crate::error::ApiError;
 use crate::local_service::LocalService;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use crate::openapi::{routes, OpenApiRouter};
 
 pub const PAGE: &str = "/appliance/failover";
 pub const KEY_PAGE: &str = "/appliance/security/failover-key";

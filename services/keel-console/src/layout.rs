@@ -5,9 +5,9 @@
 
 use std::sync::OnceLock;
 
+use crate::openapi::{routes, OpenApiRouter};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::Shared;
 

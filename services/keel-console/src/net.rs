@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;
 use crate::local_service::LocalService;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use crate::openapi::{routes, OpenApiRouter};
 
 /// Who netd records as the maker of console changes.
 pub const OWNER: &str = "console";

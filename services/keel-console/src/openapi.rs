@@ -25,6 +25,36 @@ use utoipa::{Modify, OpenApi};
 use crate::app::Shared;
 use crate::error::ApiError;
 
+mod router;
+
+pub use router::{DocFn, MethodRoutes, OpenApiRouter, Operations};
+
+/// `utoipa_axum::routes!`, with the operations made only when the document is
+/// asked for (see `router`): the handlers of one path, each with its
+/// `#[utoipa::path]` annotation.
+macro_rules! routes {
+    ( $( $handler:ident ),+ $(,)? ) => {{
+        #[allow(unused_imports)]
+        use utoipa_axum::PathItemExt as _;
+        // One path for all: axum routes them on it together.
+        let mut path = Vec::<String>::new();
+        let mut router = axum::routing::MethodRouter::new();
+        let mut docs: Vec<$crate::openapi::DocFn> = Vec::new();
+        $(
+            path.push(utoipa_axum::routes!(@path [path()] of $handler));
+            for method in utoipa_axum::routes!(@path [methods()] of $handler) {
+                router = router.on(method.to_method_filter(), $handler);
+            }
+            docs.push(|paths, mut schemas| {
+                let (path, item, types) = utoipa_axum::routes!(@resolve_types $handler : schemas);
+                paths.add_path_operation(&path, types, item);
+            });
+        )+
+        $crate::openapi::MethodRoutes { path: path.pop().unwrap_or_default(), router, docs }
+    }};
+}
+pub(crate) use routes;
+
 /// Where the document is served.
 pub const PATH: &str = "/appliance/api/v1/openapi.json";
 
@@ -125,11 +155,13 @@ fn operation_id(method: &str, path: &str) -> String {
     let mut id = method.to_owned();
     for part in rest.split('/').filter(|p| !p.is_empty()) {
         id.push('_');
-        id.extend(
-            part.chars()
-                .filter(|c| !matches!(c, '{' | '}'))
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
-        );
+        id.extend(part.chars().filter(|c| !matches!(c, '{' | '}')).map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c
+            } else {
+                '_'
+            }
+        }));
     }
     id
 }
@@ -144,25 +176,37 @@ fn reason(status: &str) -> String {
         .to_owned()
 }
 
-/// `GET /appliance/api/v1/openapi.json`, the finished document serialized once.
-/// Only to a session or token, like everything but the index: the document names
-/// the version.
-pub fn route(state: Shared, doc: &utoipa::openapi::OpenApi) -> Router {
-    let json: Arc<[u8]> = serde_json::to_vec(doc)
-        .expect("an OpenAPI document serializes")
-        .into();
+/// The document of `operations`, finished.
+pub fn document(operations: &Operations) -> utoipa::openapi::OpenApi {
+    let mut doc = base();
+    operations.add_to(&mut doc);
+    finish(&mut doc);
+    doc
+}
+
+/// `GET /appliance/api/v1/openapi.json`: made and serialized at the first request,
+/// then kept. Only to a session or token, like everything but the index: the
+/// document names the version.
+pub fn route(state: Shared, operations: Operations) -> Router {
+    let operations = Arc::new(operations);
+    let json: Arc<std::sync::OnceLock<Arc<[u8]>>> = Default::default();
     Router::new()
         .route(
             PATH,
             get(
                 move |axum::extract::State(st): axum::extract::State<Shared>,
                       headers: HeaderMap| {
-                    let json = json.clone();
+                    let (operations, json) = (operations.clone(), json.clone());
                     async move {
                         if st.session(&headers).is_none() {
                             return ApiError::unauthorized().into_response();
                         }
-                        serve(json)
+                        let bytes = json.get_or_init(|| {
+                            serde_json::to_vec(&document(&operations))
+                                .expect("an OpenAPI document serializes")
+                                .into()
+                        });
+                        serve(bytes.clone())
                     }
                 },
             ),

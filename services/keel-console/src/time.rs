@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::{JsonBody, Shared};
 use crate::error::ApiError;
 use crate::local_service::LocalService;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use crate::openapi::{routes, OpenApiRouter};
 
 /// A check with a dead server takes its timeouts: long enough for the default
 /// settings (4 samples 2 s apart, 1 s timeout, 3 s name resolution).

@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use crate::app::{self, AppState, JsonBody, Shared};
 use crate::auth::{AuthError, Role, Session};
 use crate::error::ApiError;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use crate::openapi::{routes, OpenApiRouter};
 
 /// `tokens.json`, format 1.
 const TOKENS_FILE: FileFormat = FileFormat::first("API tokens");

@@ -32,8 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::app::{self, JsonBody, Shared};
 use crate::error::ApiError;
-use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
-use utoipa_axum::routes;
+use crate::openapi::{routes, OpenApiRouter};
 
 /// keel-update's local API (`keel_api::update`).
 pub const DEFAULT_SOCKET: &str = "/run/keel/update.sock";

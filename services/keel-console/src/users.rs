@@ -16,8 +16,8 @@ use serde::Deserialize;
 use crate::app::{self, client_ip, JsonBody, Shared};
 use crate::auth::{AuthError, Session};
 use crate::error::ApiError;
+use crate::openapi::{routes, OpenApiRouter};
 use crate::web::{form_user, render, MessagePage};
-use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// GET routes that hand out private keys or secrets: refused for roles that may
 /// not change anything (an auditor sees everything else). Keep this the one list:

@@ -2,12 +2,12 @@
 //! Forms carry a CSRF token: the session's once logged in, before that a
 //! double-submit token in a `keel_pre` cookie.
 
+use crate::openapi::{routes, OpenApiRouter};
 use askama::Template;
 use axum::extract::{Form, State};
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::{self, AppState, PowerAction, Shared};
 use crate::auth::{random_hex, AuthError, Session};
