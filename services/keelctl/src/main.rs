@@ -1,17 +1,18 @@
 //! keelctl: the appliance from the command line, through the services' local sockets,
-//! or with `--url` a remote appliance through its console's JSON API (`remote`).
+//! or with `--url` a remote appliance through its console's JSON API (`remote`). The
+//! local console menu is keel-menu (src/bin/keel-menu.rs); `keelctl menu` runs it.
 
 mod certs;
 mod failover;
-mod menu;
 mod net;
 mod netd_reload;
 mod remote;
 mod time;
 mod update;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use keel_api::{Banner, Status};
 use keel_core::local_api::Client;
+use keelctl::local::{factory_reset, render_banner, Executor, System};
 
 #[derive(Parser)]
 #[command(version, about = "Keel appliance command line")]
@@ -57,23 +59,13 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// The local console menu on a terminal (run by keel-menu@<tty>.service): banner,
-    /// addresses, admin password reset, factory reset, reboot, shut down.
+    /// The local console menu on a terminal: runs keel-menu (`keelctl menu --help`
+    /// shows its options).
+    #[command(disable_help_flag = true)]
     Menu {
-        /// The terminal, e.g. /dev/ttyS0 or /dev/tty1.
-        #[arg(long)]
-        tty: PathBuf,
-        /// keel-netd's local API socket (for "Set an address").
-        #[arg(
-            long,
-            env = "KEEL_NETD_SOCKET",
-            default_value = "/run/keel/netd/api.sock"
-        )]
-        netd_socket: PathBuf,
-        /// A directory kept across restarts of the menu, where it notes that it has
-        /// printed KEEL-READY this boot (systemd's RuntimeDirectory= sets it).
-        #[arg(long, env = "RUNTIME_DIRECTORY")]
-        state_dir: Option<PathBuf>,
+        /// keel-menu's arguments, e.g. --tty /dev/ttyS0.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
     /// Erase all configuration and secrets and start over as a new appliance.
     Reset {
@@ -156,23 +148,6 @@ fn render_status(s: &Status) -> String {
     out
 }
 
-fn render_banner(b: &Banner) -> String {
-    let mut out = String::from("\r\n");
-    if b.urls.is_empty() {
-        out.push_str(&format!(
-            "Keel {} console: no network address yet\r\n",
-            b.version
-        ));
-    }
-    for url in &b.urls {
-        out.push_str(&format!("Keel {} console: {}\r\n", b.version, url));
-    }
-    if let Some(code) = &b.setup_code {
-        out.push_str(&format!("Setup code: {code}\r\n"));
-    }
-    out
-}
-
 fn write_ttys(ttys: &[PathBuf], text: &str) {
     if ttys.is_empty() {
         print!("{text}");
@@ -220,50 +195,15 @@ async fn banner(client: &Client, ttys: &[PathBuf], follow: bool) -> anyhow::Resu
     }
 }
 
-fn systemctl(verb: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("systemctl")
-        .args([verb, "--no-block"])
-        .status()
-        .context("running systemctl")?;
-    if !status.success() {
-        bail!("systemctl {verb} failed: {status}");
-    }
-    Ok(())
-}
-
-/// What carrying out a request runs; tests substitute their own.
-trait Executor {
-    /// `keel-reset request [--poweroff]`: the reset happens early in the next boot.
-    fn request_reset(&mut self, poweroff: bool) -> anyhow::Result<()>;
-    /// `systemctl VERB --no-block`: done once systemd accepted the job.
-    fn systemctl(&mut self, verb: &str) -> anyhow::Result<()>;
-}
-
-struct System;
-
-impl Executor for System {
-    fn request_reset(&mut self, poweroff: bool) -> anyhow::Result<()> {
-        let mut cmd = std::process::Command::new("keel-reset");
-        cmd.arg("request");
-        if poweroff {
-            cmd.arg("--poweroff");
-        }
-        let status = cmd.status().context("running keel-reset")?;
-        if !status.success() {
-            bail!("keel-reset request failed: {status}");
-        }
-        Ok(())
-    }
-
-    fn systemctl(&mut self, verb: &str) -> anyhow::Result<()> {
-        systemctl(verb)
-    }
-}
-
-/// Requests the reset (it is carried out early in the next boot) and reboots.
-fn factory_reset(poweroff: bool) -> anyhow::Result<()> {
-    System.request_reset(poweroff)?;
-    systemctl("reboot")
+/// `keelctl menu ARGS`: keel-menu in this process's place, with the console socket
+/// given here.
+fn exec_menu(console_socket: &Path, args: Vec<OsString>) -> anyhow::Error {
+    let program = keelctl::local::sibling_program("keel-menu");
+    let err = std::process::Command::new(&program)
+        .env("KEEL_CONSOLE_SOCKET", console_socket)
+        .args(args)
+        .exec();
+    anyhow::Error::new(err).context(format!("running {}", program.display()))
 }
 
 /// Removes a request that was carried out (or superseded, or unknown). unlink acts
@@ -424,19 +364,7 @@ async fn main() -> anyhow::Result<()> {
             println!("restarting");
         }
         Command::Banner { ttys, follow } => banner(&console, &ttys, follow).await?,
-        Command::Menu {
-            tty,
-            netd_socket,
-            state_dir,
-        } => {
-            menu::run(
-                console,
-                Client::new(netd_socket),
-                &tty,
-                state_dir.as_deref(),
-            )
-            .await?
-        }
+        Command::Menu { args } => return Err(exec_menu(&cli.console_socket, args)),
         Command::Reset { yes, poweroff } => {
             if !yes {
                 bail!(
@@ -466,20 +394,6 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn banner_shows_code_only_before_setup() {
-        let mut b = Banner {
-            version: "1.2.3".into(),
-            urls: vec!["https://10.0.2.15/appliance".into()],
-            setup_code: Some("ABCD-EFGH-JKLM".into()),
-        };
-        let text = render_banner(&b);
-        assert!(text.contains("Keel 1.2.3 console: https://10.0.2.15/appliance"));
-        assert!(text.contains("Setup code: ABCD-EFGH-JKLM"));
-        b.setup_code = None;
-        assert!(!render_banner(&b).contains("Setup code"));
-    }
 
     /// Records what would run; fails what it is told to.
     #[derive(Default)]

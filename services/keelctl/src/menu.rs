@@ -1,5 +1,5 @@
-//! `keelctl menu --tty DEV`: the local console menu on tty1 and the serial line
-//! (`keel-menu@<tty>.service`, as root).
+//! `keel-menu --tty DEV` (or `keelctl menu`, which runs it): the local console menu
+//! on tty1 and the serial line (`keel-menu@<tty>.service`, as root).
 //!
 //! Physical access is the authority, so there is no password; instead every action
 //! is chosen by its number and then confirmed with a typed word (`yes`, `RESET` for
@@ -271,7 +271,7 @@ impl<A: Actions, R: BufRead, W: Write> Menu<A, R, W> {
         let mut text = String::new();
         match &console {
             Ok((banner, status)) => {
-                text.push_str(&crate::render_banner(banner));
+                text.push_str(&crate::local::render_banner(banner));
                 text.push_str(&render_status(status));
             }
             Err(e) => text.push_str(&format!("\n{e}\n")),
@@ -297,7 +297,7 @@ impl<A: Actions, R: BufRead, W: Write> Menu<A, R, W> {
         }
         self.say("admin password removed; every session ended\n")?;
         match self.actions.banner() {
-            Ok(b) => self.say(&crate::render_banner(&b))?,
+            Ok(b) => self.say(&crate::local::render_banner(&b))?,
             Err(e) => self.say(&format!("{e}; the new setup code follows here\n"))?,
         }
         Ok(Ok(()))
@@ -817,7 +817,7 @@ async fn watch_banner<W: Write + Send + 'static>(
         if let Ok(b) = console.call::<(), Banner>("GET", "/banner", None).await {
             let mut text = String::new();
             if note_banner(&shown, &b) {
-                text.push_str(&crate::render_banner(&b));
+                text.push_str(&crate::local::render_banner(&b));
             }
             if !announced && serial {
                 text.push_str(READY_MARKER);
@@ -869,7 +869,7 @@ impl Live {
             Ok(_) => Ok(()),
             // Root here: restarting the box must not depend on the console.
             Err(LocalApiError::Connect { .. }) => {
-                crate::systemctl(verb).map_err(|e| ActionError::Refused(format!("{e:#}")))
+                crate::local::systemctl(verb).map_err(|e| ActionError::Refused(format!("{e:#}")))
             }
             Err(e) => Err(console_error(e)),
         }
@@ -943,7 +943,7 @@ impl Actions for Live {
     }
 
     fn factory_reset(&mut self, power_off: bool) -> Outcome<()> {
-        crate::factory_reset(power_off).map_err(|e| ActionError::Refused(format!("{e:#}")))
+        crate::local::factory_reset(power_off).map_err(|e| ActionError::Refused(format!("{e:#}")))
     }
 
     fn reboot(&mut self) -> Outcome<()> {
