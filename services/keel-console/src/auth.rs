@@ -1373,6 +1373,12 @@ impl Session {
         }
     }
 
+    /// For an HTML form: a browser's session with its CSRF token. An API token
+    /// (which needs no CSRF token) is refused: forms are not the API.
+    pub fn form_csrf_matches(&self, presented: &str) -> bool {
+        !self.via_token && self.csrf_matches(presented)
+    }
+
     pub fn csrf_matches(&self, presented: &str) -> bool {
         if self.via_token {
             return true;

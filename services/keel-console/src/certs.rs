@@ -470,13 +470,13 @@ async fn api_export(
 #[utoipa::path(post, path = "/appliance/api/v1/certs/{id}/check", tag = "certs",
     operation_id = "certs_api_check",
     summary = "What assigning would warn about (names not covered, expiry, ...)",
-    description = "Changes nothing, so no CSRF token is needed; a POST all the same, so \
-        refused (403) to roles that may not change anything.",
+    description = "Changes nothing; a POST all the same, so it takes the CSRF token like \
+        every other and is refused (403) to roles that may not change anything.",
     params(("id" = String, Path, description = "The certificate's id (12 hex digits, or `builtin`)")),
     request_body = CertTargets,
     responses((status = 200, body = CertCheck), (status = 400), (status = 401), (status = 403),
         (status = 404, description = "No such certificate")),
-    security(("session" = []), ("token" = [])))]
+    security(("session" = [], "csrf" = []), ("token" = [])))]
 async fn api_check(
     State(cs): State<CertsShared>,
     headers: HeaderMap,
@@ -747,7 +747,7 @@ fn form_session(cs: &CertsState, headers: &HeaderMap, csrf: &str) -> Result<Stri
     let Some((_, session)) = cs.app.session(headers) else {
         return Err(to_login());
     };
-    if !session.csrf_matches(csrf) || !app::same_origin(headers) {
+    if !session.form_csrf_matches(csrf) || !app::same_origin(headers) {
         return Err(forged());
     }
     Ok(session.csrf_token)
@@ -983,7 +983,7 @@ async fn read_upload(cs: &CertsState, req: Request) -> Result<(String, Upload), 
         let Form(f) = Form::<PasteForm>::from_request(req, &())
             .await
             .map_err(|r| unreadable(r.status(), r.body_text()))?;
-        if !session.csrf_matches(&f.csrf) {
+        if !session.form_csrf_matches(&f.csrf) {
             return Err(forged());
         }
         up.label = f.label;
@@ -1005,7 +1005,7 @@ async fn read_upload(cs: &CertsState, req: Request) -> Result<(String, Upload), 
     while let Some(field) = form.next_field().await.map_err(failed)? {
         match field.name().unwrap_or("") {
             "csrf" => {
-                if !session.csrf_matches(&field.text().await.map_err(failed)?) {
+                if !session.form_csrf_matches(&field.text().await.map_err(failed)?) {
                     return Err(forged());
                 }
                 checked = true;

@@ -720,7 +720,7 @@ fn form_check(
         return Err(Box::new(Redirect::to("/appliance/").into_response()));
     };
     let presented = f.get("csrf").map(String::as_str).unwrap_or("");
-    if !session.csrf_matches(presented) || !app::same_origin(headers) {
+    if !session.form_csrf_matches(presented) || !app::same_origin(headers) {
         let page = Message {
             heading: "Request refused".into(),
             text: "The form expired or came from another site; nothing was changed.".into(),

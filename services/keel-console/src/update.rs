@@ -1208,7 +1208,7 @@ async fn install_submit(State(st): State<Shared>, req: Request) -> Response {
         drop(field);
         match name.as_str() {
             "csrf" => {
-                if !session.csrf_matches(&value) {
+                if !session.form_csrf_matches(&value) {
                     drain_refused_form(
                         &mut form,
                         declared

@@ -370,8 +370,7 @@ fn checked_form(
     let Some((token, session)) = st.session(headers) else {
         return Err(Box::new(Redirect::to("/appliance/").into_response()));
     };
-    // A form is a browser's: an API token (which skips the CSRF check) is refused.
-    if session.via_token || !session.csrf_matches(csrf) || !app::same_origin(headers) {
+    if !session.form_csrf_matches(csrf) || !app::same_origin(headers) {
         return Err(Box::new(render(
             StatusCode::FORBIDDEN,
             MessagePage {
