@@ -767,6 +767,68 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A test CA (`ca.crt`, `ca.key`) and a P-256 server certificate it signed
+/// (`leaf.crt`, `leaf.key`, unencrypted) naming `subject_alt_name` (e.g.
+/// `IP:127.0.0.1`), made in `dir` with the openssl CLI.
+pub fn ca_and_leaf(dir: &Path, subject_alt_name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Keel test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    let san = format!("subjectAltName={subject_alt_name}");
+    // OpenSSL 3's `req -CA` signs the new key's certificate in one step.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=keel.test",
+            "-addext",
+            &san,
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ],
+    );
+}
+
 /// A file of `dir` as the certificate import API takes it.
 pub fn cert_file(dir: &Path, name: &str) -> serde_json::Value {
     use base64::Engine as _;

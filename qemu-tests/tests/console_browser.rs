@@ -6,7 +6,10 @@
 //! auditor added who can see but not change, TOTP enrolled and used to log in, and
 //! the audit log listing all of it — written by the unprivileged console into
 //! /data/audit on the real image. No JavaScript is needed for any of it: every step
-//! is a plain form.
+//! is a plain form. On the same boot (no VM of their own): the example Ansible
+//! playbook run with an API token against the forwarded port, TLS verified with a
+//! test CA; and every state-changing operation of the OpenAPI document refused
+//! without credentials.
 //!
 //! Chromium resolves names by itself (content autofill, updates) unless told not to:
 //! every run passes the resolver rules of NOTES-env and opens the console by IP
@@ -17,7 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_qemu_tests::{image_or_skip, json_get, log_in, openssl, workspace_root, Vm, BOOT_CEILING};
+use keel_qemu_tests::{
+    ca_and_leaf, cert_file, image_or_skip, json_get, json_post, log_in, openssl, workspace_root,
+    Vm, BOOT_CEILING,
+};
+use serde_json::{json, Value};
 use thirtyfour::prelude::*;
 
 const PASSWORD: &str = "browser console passphrase";
@@ -27,6 +34,12 @@ const AUDITOR: &str = "auditor1";
 const AUDITOR_PASSWORD: &str = "reads but never writes";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// The address QEMU's user network gives the guest: connections forwarded from the
+/// host arrive there, so the console picks the certificate assigned to it.
+const GUEST_IP: &str = "10.0.2.15";
+/// What the example playbook sets (documentation addresses: QEMU's `restrict=on`
+/// user network drops the guest's NTP queries to them).
+const PLAYBOOK_NTP: [&str; 2] = ["192.0.2.123", "198.51.100.7"];
 /// A page load through QEMU's port forward on a busy TCG guest.
 const PAGE_CEILING: Duration = Duration::from_secs(60);
 
@@ -297,6 +310,154 @@ async fn log_in_totp(vm: &Vm, secret: &[u8]) -> (reqwest::Client, String) {
     (http, csrf)
 }
 
+/// Runs examples/ansible/keel-ntp.yml, unchanged, with Debian's ansible-playbook
+/// against `url` (the VM's forwarded console port), the token and the CA that
+/// signed the served certificate as the playbook's documented inputs. Returns
+/// whether it succeeded and its output.
+async fn run_playbook(dir: &Path, url: &str, token: &str, ca: &Path) -> (bool, String) {
+    let inventory = dir.join("inventory.ini");
+    std::fs::write(&inventory, format!("[keel]\nkeel-vm keel_url={url}\n")).unwrap();
+    let extra = json!({"keel_ntp_servers": PLAYBOOK_NTP, "keel_confirm_seconds": 300}).to_string();
+    let mut cmd = Command::new("ansible-playbook");
+    cmd.arg("-i")
+        .arg(&inventory)
+        .arg("-e")
+        .arg(extra)
+        .arg(workspace_root().join("examples/ansible/keel-ntp.yml"))
+        .env("KEEL_TOKEN", token)
+        .env("KEEL_CA_CERT", ca)
+        // Ansible's own state stays in the test's directory.
+        .env("HOME", dir)
+        .env("ANSIBLE_LOCAL_TEMP", dir.join("ansible-tmp"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        // The VM is on loopback: never through a proxy the host may have set.
+        .env("no_proxy", "127.0.0.1")
+        .env("NO_PROXY", "127.0.0.1");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("ansible-playbook"))
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The smallest body `schema` accepts: its required fields, each the simplest value
+/// of its type (an enum's or alternative's first). It passes a handler's parsing,
+/// so what refuses it is the credential check, not a malformed body.
+fn example_body(schema: &Value, doc: &Value) -> Value {
+    if let Some(name) = schema["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+        return example_body(&doc["components"]["schemas"][name], doc);
+    }
+    for alternatives in ["oneOf", "anyOf", "allOf"] {
+        if let Some(first) = schema[alternatives].get(0) {
+            return example_body(first, doc);
+        }
+    }
+    if let Some(first) = schema["enum"].get(0) {
+        return first.clone();
+    }
+    let ty = match &schema["type"] {
+        Value::Array(types) => types.iter().find(|t| *t != "null").cloned(),
+        t => Some(t.clone()),
+    };
+    match ty.as_ref().and_then(Value::as_str).unwrap_or("object") {
+        "object" => Value::Object(
+            schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|k| (k.to_owned(), example_body(&schema["properties"][k], doc)))
+                .collect(),
+        ),
+        "array" => json!([]),
+        "string" => json!("x"),
+        "integer" | "number" => json!(schema["minimum"].as_u64().unwrap_or(1).max(1)),
+        "boolean" => json!(false),
+        _ => Value::Null,
+    }
+}
+
+/// Every state-changing operation of the console's OpenAPI document, sent once
+/// without any credentials (a well-formed body, path parameters `x`): each must be
+/// refused, 401 for the JSON API, 303 back to the login page for the `forms` of
+/// the HTML console (see services/keel-console/src/openapi.rs). The public ones
+/// (no `security`) are exactly login and setup. `base` is the console's
+/// `https://host:port`; returns how many were sent.
+async fn unauthenticated_sweep(anonymous: &reqwest::Client, base: &str, doc: &Value) -> usize {
+    let (mut sent, mut public, mut wrong) = (0, Vec::new(), Vec::new());
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            if method == "get" || method == "head" {
+                continue;
+            }
+            let name = format!("{} {path}", method.to_uppercase());
+            if op["security"].is_null() {
+                public.push(name);
+                continue;
+            }
+            let url = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            let url = format!("{base}{url}");
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let form = op["tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("forms")));
+            let req = anonymous.request(method, &url);
+            let req = if form {
+                req.header("content-type", "application/x-www-form-urlencoded")
+                    .body("")
+            } else {
+                let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                req.json(&if schema.is_null() {
+                    json!({})
+                } else {
+                    example_body(schema, doc)
+                })
+            };
+            let resp = req.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            sent += 1;
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let refused = if form {
+                status == 303 && location == "/appliance/"
+            } else {
+                status == 401
+            };
+            if !refused {
+                wrong.push(format!("{name}: {status} {location}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "refused without credentials ({sent} sent): {wrong:#?}"
+    );
+    public.sort();
+    assert_eq!(
+        public,
+        [
+            "POST /appliance/api/v1/login",
+            "POST /appliance/api/v1/setup",
+            "POST /appliance/login",
+            "POST /appliance/setup",
+        ],
+        "the only state-changing operations open to anyone"
+    );
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_browser() {
     let Some(image) = image_or_skip() else {
@@ -304,6 +465,15 @@ async fn console_in_a_browser() {
     };
     if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
         eprintln!("skipped: {CHROMIUM} or {CHROMEDRIVER} missing (scripts/deps.sh installs them)");
+        return;
+    }
+    if Command::new("ansible-playbook")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("skipped: ansible-playbook missing (scripts/deps.sh installs ansible-core)");
         return;
     }
     let mut vm = Vm::start("browser", &image).unwrap();
@@ -379,7 +549,7 @@ async fn console_in_a_browser() {
     browser
         .submit("form[action='/appliance/network/confirm'] button")
         .await;
-    let (http, _) = log_in(&vm, PASSWORD).await.unwrap();
+    let (http, csrf) = log_in(&vm, PASSWORD).await.unwrap();
     let deadline = Instant::now() + PAGE_CEILING;
     loop {
         let (_, net) = json_get(&http, &vm.url("/appliance/api/v1/net/config"))
@@ -391,6 +561,69 @@ async fn console_in_a_browser() {
         assert!(Instant::now() < deadline, "address confirmed: {net}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // Automation: the example Ansible playbook with an API token, TLS verified. The
+    // host reaches the VM as 127.0.0.1, which the built-in certificate never names
+    // (it leaves out loopback), so a test CA signs one for 127.0.0.1, assigned to the
+    // guest address the forwarded connections arrive on; the playbook trusts that CA.
+    let automation = tempfile::tempdir().unwrap();
+    let auto = automation.path();
+    ca_and_leaf(auto, "IP:127.0.0.1");
+    let api = |path: &str| vm.url(&format!("/appliance/api/v1{path}"));
+    let (st, entry) = json_post(
+        &http,
+        &api("/certs/import"),
+        serde_json::json!({
+            "label": "automation",
+            "files": [cert_file(auto, "leaf.crt"), cert_file(auto, "leaf.key"), cert_file(auto, "ca.crt")],
+        }),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 201, "{entry}");
+    let id = entry["id"].as_str().unwrap();
+    let (st, body) = json_post(
+        &http,
+        &api(&format!("/certs/{id}/assign")),
+        serde_json::json!({"ips": [GUEST_IP]}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "{body}");
+    let (st, created) = json_post(
+        &http,
+        &api("/tokens"),
+        serde_json::json!({"name": "ansible", "expires_in_days": 1}),
+        Some(&csrf),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let console = vm.url("");
+    let ca = auto.join("ca.crt");
+    let t = Instant::now();
+    let (ok, out) = run_playbook(auto, &console, &token, &ca).await;
+    eprintln!("playbook, first run: {:?}", t.elapsed());
+    assert!(ok, "the playbook against the VM: {out}");
+    assert!(out.contains("Keel "), "status read: {out}");
+    assert!(
+        out.contains("changed=1") && out.contains("failed=0"),
+        "{out}"
+    );
+    let (st, net) = json_get(&http, &api("/net/config")).await.unwrap();
+    assert_eq!(st, 200, "{net}");
+    assert_eq!(
+        net["confirmed"]["ntp_servers"],
+        serde_json::json!(PLAYBOOK_NTP),
+        "the playbook's servers, confirmed: {net}"
+    );
+    assert!(net["pending"].is_null(), "nothing left pending: {net}");
+    // Already so: the second run changes nothing.
+    let (ok, out) = run_playbook(auto, &console, &token, &ca).await;
+    assert!(ok && out.contains("changed=0"), "second run: {out}");
 
     // Security › Certificates: import a certificate and its key from one PEM file.
     let material = tempfile::tempdir().unwrap();
@@ -530,32 +763,77 @@ async fn console_in_a_browser() {
         .unwrap();
     assert_eq!(st, 200, "{log}");
     let records = log["records"].as_array().expect("records").clone();
-    let has = |user: &str, action: &str, result: &str| {
+    let has = |user: &str, via: &str, action: &str, result: &str| {
         records.iter().any(|r| {
             r["user"] == user
+                && r["via"] == via
                 && r["action"].as_str().is_some_and(|a| a.contains(action))
                 && r["result"].as_str().is_some_and(|x| x.starts_with(result))
         })
     };
-    for (user, action, result) in [
-        ("admin", "setup", "ok"),
-        ("admin", "net.config.apply", "ok"),
-        ("admin", "net.config.confirm", "ok"),
-        ("admin", "certificates/import", "ok"),
-        ("admin", "account/password", "ok"),
-        ("admin", "users/add", "ok"),
-        ("admin", "account/totp", "ok"),
-        (AUDITOR, "login", "ok"),
-        (AUDITOR, "system.reboot", "refused"),
+    for (user, via, action, result) in [
+        ("admin", "console", "setup", "ok"),
+        ("admin", "console", "net.config.apply", "ok"),
+        ("admin", "console", "net.config.confirm", "ok"),
+        ("admin", "api", "/certs/{id}/assign", "ok"),
+        ("admin", "api", "/tokens", "ok"),
+        // The playbook's change and confirmation, made with the token.
+        ("admin", "token", "net.config.apply", "ok"),
+        ("admin", "token", "net.config.confirm", "ok"),
+        ("admin", "console", "certificates/import", "ok"),
+        ("admin", "console", "account/password", "ok"),
+        ("admin", "console", "users/add", "ok"),
+        ("admin", "console", "account/totp", "ok"),
+        (AUDITOR, "console", "login", "ok"),
+        (AUDITOR, "console", "system.reboot", "refused"),
     ] {
         assert!(
-            has(user, action, result),
-            "audit record {user} {action} {result}: {log:#}"
+            has(user, via, action, result),
+            "audit record {user} via {via} {action} {result}: {log:#}"
         );
     }
     let text = log.to_string();
-    for secret in [PASSWORD, NEW_PASSWORD, AUDITOR_PASSWORD] {
-        assert!(!text.contains(secret), "no password in the audit log");
+    for secret in [PASSWORD, NEW_PASSWORD, AUDITOR_PASSWORD, token.as_str()] {
+        assert!(
+            !text.contains(secret),
+            "no password or token in the audit log"
+        );
+    }
+
+    // The OpenAPI document lists every route: each state-changing one is refused
+    // without credentials, and the audit log records each attempt as refused.
+    let (st, doc) = json_get(&http, &vm.url("/appliance/api/v1/openapi.json"))
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{doc}");
+    let t = Instant::now();
+    let (anonymous, _) = vm.client();
+    let sent = unauthenticated_sweep(&anonymous, &vm.url(""), &doc).await;
+    eprintln!(
+        "{sent} operations refused without credentials in {:?}",
+        t.elapsed()
+    );
+    assert!(
+        sent > 40,
+        "the document lists the console's operations: {sent}"
+    );
+    let (st, log) = json_get(
+        &http,
+        &vm.url(&format!("/appliance/api/v1/audit?limit={sent}")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "{log}");
+    let newest = log["records"].as_array().expect("records");
+    assert_eq!(newest.len(), sent, "{log:#}");
+    for r in newest {
+        assert!(
+            r["user"] == "anonymous"
+                && r["result"]
+                    .as_str()
+                    .is_some_and(|x| x.starts_with("refused")),
+            "every attempt without credentials recorded as refused: {r}"
+        );
     }
 
     assert!(
