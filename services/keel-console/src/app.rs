@@ -134,7 +134,17 @@ impl AppState {
     }
 
     pub fn status(&self) -> Status {
-        let mut status = self.status_cache.get(|| self.status_now());
+        self.live(self.status_cache.get(|| self.status_now()))
+    }
+
+    /// The status if the cache holds a good one: cheap enough to make on the
+    /// runtime's thread.
+    pub fn status_kept(&self) -> Option<Status> {
+        self.status_cache.kept().map(|s| self.live(s))
+    }
+
+    /// `status` with what changes every second read now.
+    fn live(&self, mut status: Status) -> Status {
         status.time = status::now_rfc3339();
         status.uptime_seconds = status::uptime_seconds(&status::read_trimmed("/proc/uptime"));
         // One small file, written at boot and by a trial's end: read as it is now.
@@ -360,6 +370,9 @@ async fn api_status(
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
     st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    if let Some(status) = st.status_kept() {
+        return Ok(Json(status));
+    }
     // Reads /proc, mountinfo, netlink and the certificate store: off the runtime's
     // threads, so handshakes and other requests go on meanwhile.
     Ok(Json(blocking(move || st.status()).await?))

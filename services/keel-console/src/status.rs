@@ -188,6 +188,16 @@ impl<T: Clone> Reused<T> {
         }
     }
 
+    /// The value kept, if it is still good.
+    pub fn kept(&self) -> Option<T> {
+        let generation = self.changes.load(std::sync::atomic::Ordering::Acquire);
+        let entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
+        match &*entry {
+            Some((at, g, v)) if *g == generation && at.elapsed() < STATUS_TTL => Some(v.clone()),
+            _ => None,
+        }
+    }
+
     /// The value kept, or `make`'s when it is too old or invalidated since.
     pub fn get(&self, make: impl FnOnce() -> T) -> T {
         use std::sync::atomic::Ordering;
@@ -235,9 +245,12 @@ mod tests {
         let cache = Reused::<u32>::new();
         let made = AtomicU32::new(0);
         let make = || made.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_eq!(cache.kept(), None);
         assert_eq!(cache.get(make), 1);
         assert_eq!(cache.get(make), 1, "reused within the TTL");
+        assert_eq!(cache.kept(), Some(1));
         cache.invalidate();
+        assert_eq!(cache.kept(), None, "not after a change");
         assert_eq!(cache.get(make), 2, "made anew after a change");
         std::thread::sleep(STATUS_TTL);
         assert_eq!(cache.get(make), 3, "made anew after the TTL");
