@@ -149,6 +149,9 @@ impl AppState {
         status.uptime_seconds = status::uptime_seconds(&status::read_trimmed("/proc/uptime"));
         // One small file, written at boot and by a trial's end: read as it is now.
         status.boot = crate::boot::read();
+        // Changed by netd and keel-failover (a takeover) without the console: the
+        // kernel's list as it is now.
+        status.addresses = status::addresses();
         status
     }
 

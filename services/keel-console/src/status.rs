@@ -165,8 +165,8 @@ pub fn read_trimmed(path: &str) -> String {
 }
 
 /// The status, reused for up to `STATUS_TTL` and until the next change made
-/// through the console (`Reused::invalidate`): computing it walks /proc, dumps
-/// addresses over netlink and reads grubenv, statvfs and the certificate store,
+/// through the console (`Reused::invalidate`): computing it walks /proc and reads
+/// grubenv, statvfs and the certificate store (the addresses are read each time),
 /// which made `/status` 60× slower than `/health` under a monitoring poll. A change
 /// through any other front end shows within the TTL.
 pub type StatusCache = Reused<keel_api::Status>;
