@@ -33,6 +33,8 @@ pub struct AppState {
     pub certs: std::sync::OnceLock<std::sync::Weak<crate::certs::CertsState>>,
     /// The last status computed (see `status::StatusCache`).
     pub status_cache: status::StatusCache,
+    /// The kernel's addresses, read again when it announces a change.
+    pub addresses: status::AddressWatch,
     pub tokens: crate::tokens::Tokens,
     pub audit: crate::audit::AuditLog,
     pub access: crate::access::Access,
@@ -146,17 +148,17 @@ impl AppState {
     /// `status` with what changes every second read now.
     fn live(&self, mut status: Status) -> Status {
         status.time = status::now_rfc3339();
-        status.uptime_seconds = status::uptime_seconds(&status::read_trimmed("/proc/uptime"));
+        status.uptime_seconds = status::uptime_now();
         // One small file, written at boot and by a trial's end: read as it is now.
         status.boot = crate::boot::read();
         // Changed by netd and keel-failover (a takeover) without the console: the
         // kernel's list as it is now.
-        status.addresses = status::addresses();
+        status.addresses = self.addresses.get();
         status
     }
 
+    /// What `live` does not fill in (left at their defaults here).
     fn status_now(&self) -> Status {
-        let addresses = status::addresses();
         let data = status::filesystem_bytes(&self.data_mount);
         Status {
             version: status::running_version().to_owned(),
@@ -165,13 +167,13 @@ impl AppState {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default(),
-            uptime_seconds: status::uptime_seconds(&status::read_trimmed("/proc/uptime")),
+            uptime_seconds: 0,
             kernel: status::read_trimmed("/proc/sys/kernel/osrelease"),
-            time: status::now_rfc3339(),
+            time: String::new(),
             root_readonly: status::root_readonly(
                 &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
             ),
-            addresses,
+            addresses: Vec::new(),
             // What the TLS server serves by default now: an admin may have made
             // another certificate the default.
             certificate: match self.cert_store() {
@@ -185,12 +187,12 @@ impl AppState {
             processes: status::keel_processes(),
             data_total_bytes: data.0,
             data_free_bytes: data.1,
-            boot: crate::boot::read(),
+            boot: None,
         }
     }
 
     pub fn banner(&self) -> Banner {
-        let addrs = status::addresses();
+        let addrs = self.addresses.get();
         Banner {
             version: status::running_version().to_owned(),
             urls: status::reachable_ips(&addrs)

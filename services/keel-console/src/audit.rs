@@ -230,14 +230,36 @@ pub async fn record(State(st): State<Shared>, mut req: Request, next: Next) -> R
     let slot = ActorSlot::default();
     req.extensions_mut().insert(slot.clone());
 
-    let resp = next.run(req).await;
+    // On a task of its own: a client that goes away mid-request would otherwise
+    // cancel the handler between the change and its record (hyper drops the
+    // request's future), leaving a change made and not logged, or half made.
+    let task = tokio::spawn(async move {
+        let resp = next.run(req).await;
+        finish(&st, resp, session_user, slot, (via, action, target, source)).await
+    });
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!("request task failed: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
 
+/// Writes the record of an answered request.
+async fn finish(
+    st: &Shared,
+    resp: Response,
+    session_user: Option<String>,
+    slot: ActorSlot,
+    (via, action, target, source): (AuditVia, String, Option<String>, String),
+) -> Response {
     let named = resp
         .extensions()
         .get::<Actor>()
         .map(|a| log::clean(&a.0, MAX_ATTEMPTED))
         .or_else(|| slot.0.lock().unwrap_or_else(|e| e.into_inner()).take());
-    let opened = opened_session(&st, &resp);
+    let opened = opened_session(st, &resp);
     // A form posted without a session is answered with a redirect to the login
     // page: refused, although the status is not an error.
     let refused_login = resp.status().is_redirection()

@@ -66,6 +66,99 @@ pub fn addresses() -> Vec<InterfaceAddress> {
     out
 }
 
+/// The address list, read again only after the kernel announced a change: a
+/// netlink socket subscribed to address and link events is drained (one
+/// non-blocking `recv`) before each use, so a monitoring poll of `/status` costs no
+/// netlink dump, and a takeover by keel-failover or a change by netd shows at once.
+pub struct AddressWatch {
+    events: Option<std::os::fd::OwnedFd>,
+    list: std::sync::Mutex<Option<Vec<InterfaceAddress>>>,
+}
+
+impl AddressWatch {
+    /// Subscribes before the first read, so no change can fall between the two.
+    /// Without a socket (a sandbox that refuses it) every call reads the list.
+    pub fn new() -> Self {
+        Self {
+            events: Self::subscribe()
+                .map_err(|e| tracing::warn!("no address events ({e}): addresses read per request"))
+                .ok(),
+            list: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn subscribe() -> nix::Result<std::os::fd::OwnedFd> {
+        use nix::sys::socket::{
+            bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
+        };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
+        let groups = (nix::libc::RTMGRP_LINK
+            | nix::libc::RTMGRP_IPV4_IFADDR
+            | nix::libc::RTMGRP_IPV6_IFADDR) as u32;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &NetlinkAddr::new(0, groups),
+        )?;
+        Ok(fd)
+    }
+
+    /// Whether the kernel announced anything since the last call (a full queue,
+    /// ENOBUFS, counts as a change: events were lost).
+    fn changed(&self) -> bool {
+        let Some(fd) = &self.events else {
+            return true;
+        };
+        let mut buf = [0u8; 8192];
+        let mut changed = false;
+        loop {
+            match nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                &mut buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return true,
+                Ok(_) | Err(nix::errno::Errno::ENOBUFS) => changed = true,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return changed,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// The kernel's list as it is now.
+    pub fn get(&self) -> Vec<InterfaceAddress> {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        // Drained before the read: an event after it is still queued for the next.
+        let changed = self.changed();
+        match &*list {
+            Some(l) if !changed => l.clone(),
+            _ => {
+                let fresh = addresses();
+                *list = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
+}
+
+impl Default for AddressWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME, the clock of /proc/uptime): no file read.
+pub fn uptime_now() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec().max(0) as u64)
+        .unwrap_or_else(|_| uptime_seconds(&read_trimmed("/proc/uptime")))
+}
+
 /// Addresses worth putting in a certificate or a console URL: not loopback and,
 /// for IPv6, not link-local (a URL with a zone index works in no browser).
 pub fn reachable_ips(addrs: &[InterfaceAddress]) -> Vec<IpAddr> {
@@ -254,6 +347,39 @@ mod tests {
         assert_eq!(cache.get(make), 2, "made anew after a change");
         std::thread::sleep(STATUS_TTL);
         assert_eq!(cache.get(make), 3, "made anew after the TTL");
+    }
+
+    /// In a network namespace of its own (this thread only): an address added or
+    /// removed by `ip` shows in the very next read, with no read in between.
+    #[test]
+    fn the_address_list_follows_the_kernel_at_once() {
+        std::thread::spawn(|| {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                eprintln!("skipped: no network namespace ({e}; needs root)");
+                return;
+            }
+            let ip = |args: &str| {
+                let ok = std::process::Command::new("ip")
+                    .args(args.split_whitespace())
+                    .status()
+                    .expect("ip runs")
+                    .success();
+                assert!(ok, "ip {args}");
+            };
+            let watch = AddressWatch::new();
+            assert!(watch.events.is_some(), "subscribed to address events");
+            let has = |w: &AddressWatch, a: &str| w.get().iter().any(|x| x.address == a);
+            assert!(!has(&watch, "192.0.2.9/24"));
+            // Loopback: the one device every kernel has (no dummy module here).
+            ip("link set lo up");
+            ip("address add 192.0.2.9/24 dev lo");
+            assert!(has(&watch, "192.0.2.9/24"), "added: {:?}", watch.get());
+            assert_eq!(watch.get(), watch.get(), "unchanged: the same list");
+            ip("address del 192.0.2.9/24 dev lo");
+            assert!(!has(&watch, "192.0.2.9/24"), "removed: {:?}", watch.get());
+        })
+        .join()
+        .expect("the namespace test passed");
     }
 
     #[test]

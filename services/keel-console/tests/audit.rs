@@ -288,3 +288,72 @@ async fn every_change_is_recorded_and_downloads_honour_filters() {
     }
     assert!(text.starts_with("{\"format\":1,"), "{text}");
 }
+
+/// A client that hangs up while its change is being made: the change runs to its
+/// end and is recorded (hyper drops a request's future when its connection closes;
+/// the middleware runs the request on a task of its own for that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_client_hangs_up_is_finished_and_recorded() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let data = tempfile::tempdir().unwrap();
+    let (identity, _) = common::identity(data.path());
+    let state = common::app_state(data.path(), &identity);
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = done.clone();
+    let slow = axum::routing::post(move || async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        finished.store(true, Ordering::SeqCst);
+        "made"
+    });
+    let router = axum::Router::new()
+        .route("/appliance/slow-change", slow)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ));
+    let resolver = Arc::new(keel_console::tls::CertResolver::new(
+        keel_certs::certified_key(&identity).unwrap(),
+    ));
+    let config = Arc::new(keel_console::tls::server_config(resolver).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(keel_console::tls::serve_https(listener, config, router));
+
+    let (http, _) = common::client();
+    let sent = http
+        .post(format!("{base}/appliance/slow-change"))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(
+        sent.is_err(),
+        "the client gave up before the answer: {sent:?}"
+    );
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "hung up before the change ended"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let recorded = loop {
+        let dir = data.path().join("console/audit");
+        let log = if dir.exists() {
+            audit_files_text(&dir)
+        } else {
+            String::new()
+        };
+        if log.contains("POST /appliance/slow-change") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(done.load(Ordering::SeqCst), "the change ran to its end");
+    assert!(recorded.contains(r#""result":"ok""#), "{recorded}");
+}
