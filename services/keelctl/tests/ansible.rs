@@ -2,7 +2,7 @@
 //! ansible-playbook against the real keel-console on loopback, with the real
 //! keel-netd in a network namespace behind it: status read, NTP servers set and
 //! confirmed with an API token, the appliance's certificate verified as the CA;
-//! a second run changes nothing.
+//! a bad server name fails the play and changes nothing.
 
 mod common;
 
@@ -84,14 +84,9 @@ async fn the_example_playbook_sets_ntp_servers() {
         common::text(&o)
     );
 
-    // Already so: nothing changes.
-    let o = playbook(d, &console, &["192.0.2.123", "ntp.example.net"]);
-    assert!(o.status.success(), "{}", common::text(&o));
-    assert!(
-        common::text(&o).contains("changed=0"),
-        "{}",
-        common::text(&o)
-    );
+    // A second run that changes nothing (changed=0) is the QEMU test's
+    // (qemu-tests/tests/console_browser.rs, against the booted image): ansible
+    // takes ~25 s a run here.
 
     // A bad server name: the appliance's refusal fails the play, nothing pending.
     let o = playbook(d, &console, &["not a host!"]);
