@@ -767,33 +767,44 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// The key type of a test CA.
+#[derive(Clone, Copy, Debug)]
+pub enum CaKey {
+    P256,
+    /// An RSA issuer over the P-256 leaf: a chain of mixed algorithms.
+    Rsa2048,
+}
+
 /// A test CA (`ca.crt`, `ca.key`) and a P-256 server certificate it signed
 /// (`leaf.crt`, `leaf.key`, unencrypted) naming `subject_alt_name` (e.g.
 /// `IP:127.0.0.1`), made in `dir` with the openssl CLI.
-pub fn ca_and_leaf(dir: &Path, subject_alt_name: &str) {
+pub fn ca_and_leaf(dir: &Path, subject_alt_name: &str, ca_key: CaKey) {
+    let key_args: &[&str] = match ca_key {
+        CaKey::P256 => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        CaKey::Rsa2048 => &["-newkey", "rsa:2048"],
+    };
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Keel test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+            &["req", "-x509"],
+            key_args,
+            &[
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=Keel test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
     );
     let san = format!("subjectAltName={subject_alt_name}");
     // OpenSSL 3's `req -CA` signs the new key's certificate in one step.

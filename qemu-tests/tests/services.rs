@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keel_qemu_tests::{
-    answer, cert_file, image_or_skip, json_get, json_post, openssl, set_up_admin, sha256_hex, Vm,
-    BOOT_CEILING, READY_MARKER,
+    answer, ca_and_leaf, cert_file, image_or_skip, json_get, json_post, openssl, set_up_admin,
+    sha256_hex, CaKey, Vm, BOOT_CEILING, READY_MARKER,
 };
 use serde_json::{json, Value};
 
@@ -27,73 +27,10 @@ const EXTRA_IP: &str = "10.0.2.99";
 /// an NTP server configured here is unreachable by construction.
 const DEAD_NTP: &str = "10.0.2.2";
 
-/// A CA, and a P-256 leaf it signed for the guest's address, with the leaf key
-/// encrypted (PKCS#8, AES) under `passphrase`. Returns the leaf's DER.
+/// A CA (RSA), and a P-256 leaf it signed for the guest's address, with the leaf
+/// key encrypted (PKCS#8, AES) under `passphrase`. Returns the leaf's DER.
 fn make_ca_signed(dir: &Path, passphrase: &str) -> Vec<u8> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Keel test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=keel.test",
-        ],
-    );
-    std::fs::write(
-        dir.join("leaf.ext"),
-        format!("subjectAltName=IP:{GUEST_IP},DNS:keel.test\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "20",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.crt",
-        ],
-    );
+    ca_and_leaf(dir, &format!("IP:{GUEST_IP},DNS:keel.test"), CaKey::Rsa2048);
     let pass = format!("pass:{passphrase}");
     openssl(
         dir,

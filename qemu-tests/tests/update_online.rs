@@ -23,8 +23,8 @@ use keel_qemu_tests::updates::{
     api, base_version, booted_into, make_app_bundle, make_bundle, outcome, status, upload,
 };
 use keel_qemu_tests::{
-    image_or_skip, json_post, openssl, set_up_admin, workspace_root, Firmware, Vm, BOOT_CEILING,
-    READY_MARKER,
+    ca_and_leaf, image_or_skip, json_post, set_up_admin, workspace_root, CaKey, Firmware, Vm,
+    BOOT_CEILING, READY_MARKER,
 };
 use serde_json::{json, Value};
 use tinyproxy::Tinyproxy;
@@ -48,67 +48,10 @@ fn release_tool() -> PathBuf {
 }
 
 /// A CA and a server certificate for 127.0.0.1 (the proxy connects to its own
-/// loopback). Returns the CA's PEM.
+/// loopback): `leaf.crt`, `leaf.key`. Returns the CA's PEM.
 fn make_certs(dir: &Path) -> String {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Keel test CA",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "srv.pem",
-        ],
-    );
-    std::fs::read_to_string(dir.join("ca.pem")).unwrap()
+    ca_and_leaf(dir, "IP:127.0.0.1", CaKey::P256);
+    std::fs::read_to_string(dir.join("ca.crt")).unwrap()
 }
 
 /// The feed over every *.kbundle in `www`, signed with the build's key.
@@ -253,9 +196,9 @@ async fn online_update_through_a_proxy_on_the_booted_image() {
             .args(["s_server", "-quiet", "-WWW", "-accept"])
             .arg(format!("127.0.0.1:{site_port}"))
             .arg("-cert")
-            .arg(dir.join("srv.pem"))
+            .arg(dir.join("leaf.crt"))
             .arg("-key")
-            .arg(dir.join("srv.key"))
+            .arg(dir.join("leaf.key"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
