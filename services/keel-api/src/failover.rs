@@ -44,8 +44,10 @@ pub struct FailoverCounters {
     pub wrong_version: u64,
     /// The MAC did not verify (wrong key, or altered).
     pub bad_mac: u64,
-    /// A sequence number already seen (or older), a retired start nonce, or our own
-    /// packet reflected back.
+    /// A sequence number already seen (or older), a retired start nonce, our own
+    /// packet reflected back, or a heartbeat that does not echo this node's current
+    /// start nonce (a recording from before this start, or the first one or two
+    /// after either node starts).
     pub replayed: u64,
     pub takeovers: u64,
     pub step_downs: u64,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, Config, Pairing, CONFIG_FILE};
 use crate::dns::DnsConfig;
-use crate::engine::{self, Command, Engine, Persisted, Snapshot, STATE_FILE};
+use crate::engine::{self, BecomePrimaryError, Command, Engine, Persisted, Snapshot, STATE_FILE};
 use crate::kernel::Kernel;
 use crate::pair::{self, Channel, Identity, Msg, PairError, Proposal, Refusal, SharedSettings};
 use crate::sync::SyncBackend;
@@ -751,7 +751,10 @@ impl Daemon {
         }
         self.engine_command(Command::BecomePrimary)
             .await?
-            .map_err(|e| failure(500, e))?;
+            .map_err(|e| match e {
+                BecomePrimaryError::Refused(m) => failure(409, m),
+                BecomePrimaryError::Failed(m) => failure(500, m),
+            })?;
         for w in &warnings {
             tracing::warn!("{w}");
         }

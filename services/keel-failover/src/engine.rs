@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::kernel::{Kernel, KernelError, LinkInfo};
 use crate::raw;
-use crate::wire::{Heartbeat, Key, Reject, ReplayGuard};
+use crate::wire::{Freshness, Heartbeat, Key, Reject, ReplayGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -73,8 +73,17 @@ impl Snapshot {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BecomePrimaryError {
+    /// Not attempted: it would put the addresses on both nodes.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 pub enum Command {
-    BecomePrimary(oneshot::Sender<Result<FailoverStatus, String>>),
+    BecomePrimary(oneshot::Sender<Result<FailoverStatus, BecomePrimaryError>>),
     SetAutoTakeover(bool, oneshot::Sender<FailoverStatus>),
 }
 
@@ -112,6 +121,8 @@ pub struct Engine {
     nonce: u64,
     seq: u64,
     guard: ReplayGuard,
+    /// Last heartbeat of another wire version: when, and which version.
+    foreign_version: Option<(Instant, u8)>,
     peer: Option<PeerSeen>,
     /// Last heartbeat of a peer holding the addresses.
     holder_at: Option<Instant>,
@@ -170,6 +181,7 @@ impl Engine {
             peer_holding: None,
             counters: FailoverCounters::default(),
         };
+        let nonce = u64::from_be_bytes(nonce);
         let engine = Engine {
             key: Key::derive(psk),
             auto: cfg.auto_takeover,
@@ -187,9 +199,10 @@ impl Engine {
             },
             holding,
             resume: was_primary && !holding,
-            nonce: u64::from_be_bytes(nonce),
+            nonce,
             seq: 0,
-            guard: ReplayGuard::default(),
+            guard: ReplayGuard::new(nonce),
+            foreign_version: None,
             peer: None,
             holder_at: None,
             started: now,
@@ -341,6 +354,7 @@ impl Engine {
             term: self.term,
             seq: self.seq,
             nonce: self.nonce,
+            echo: self.guard.echo(),
             // The role is the claim: a new primary says so before its addresses
             // are in, so the old one drops them while they are being added.
             holding: self.role == FailoverRole::Primary,
@@ -363,11 +377,14 @@ impl Engine {
         let hb = match Heartbeat::decode(b, &self.key) {
             Ok(hb) => hb,
             Err(Reject::Truncated) => return self.counters.truncated += 1,
-            Err(Reject::WrongVersion) => return self.counters.wrong_version += 1,
+            Err(Reject::WrongVersion(v)) => return self.on_foreign_version(v),
             Err(Reject::BadMac) => return self.counters.bad_mac += 1,
         };
         // Our own datagram sent back to us carries our id and nonce.
-        if hb.sender == self.cfg.node_id || hb.nonce == self.nonce || !self.guard.accept(&hb) {
+        if hb.sender == self.cfg.node_id
+            || hb.nonce == self.nonce
+            || self.guard.accept(&hb) != Freshness::Fresh
+        {
             self.counters.replayed += 1;
             return;
         }
@@ -400,6 +417,21 @@ impl Engine {
             }
             _ => {}
         }
+    }
+
+    /// A heartbeat of another wire version: the peer runs another release. Its
+    /// heartbeats cannot be judged, nor ours by it (it would not hear a claim), so
+    /// it is counted, logged once per version, and blocks become-primary.
+    fn on_foreign_version(&mut self, v: u8) {
+        self.counters.wrong_version += 1;
+        if self.foreign_version.map(|(_, seen)| seen) != Some(v) {
+            tracing::warn!(
+                "heartbeats of wire version {v} arrive: this node speaks version {}; \
+                 the nodes cannot hear each other until both run the same release",
+                crate::wire::VERSION
+            );
+        }
+        self.foreign_version = Some((Instant::now(), v));
     }
 
     /// Before anything was heard, silence is counted from a moment two windows
@@ -573,13 +605,24 @@ impl Engine {
         Ok(())
     }
 
-    async fn become_primary(&mut self) -> Result<(), String> {
+    async fn become_primary(&mut self) -> Result<(), BecomePrimaryError> {
         if self.role == FailoverRole::Primary && self.holding {
             return Ok(());
         }
+        // A live peer of another wire version would not hear the claim and keep
+        // the addresses: both would serve them.
+        if let Some((at, v)) = self.foreign_version {
+            if at.elapsed() < self.cfg.window() {
+                return Err(BecomePrimaryError::Refused(format!(
+                    "the peer sends heartbeats of wire version {v} (this node speaks {}): it would not \
+                     hear the claim and keep the shared addresses; update it first or stop it",
+                    crate::wire::VERSION
+                )));
+            }
+        }
         self.take_over("become-primary requested")
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| BecomePrimaryError::Failed(e.to_string()))
     }
 
     async fn step_down(&mut self, peer_term: u64, peer: &str) {

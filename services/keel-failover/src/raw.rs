@@ -2,6 +2,11 @@
 //! address (RFC 5227 ARP probe, DAD-style neighbour solicitation), and the
 //! announcements after a takeover (gratuitous ARP, unsolicited neighbour
 //! advertisement). Blocking calls: the engine runs them on a blocking thread.
+//!
+//! Each socket carries a classic BPF filter, so the kernel queues only frames a
+//! probe can use (ARP replies and announcements, neighbour advertisements) and
+//! drops the rest of the segment's ARP and IPv6 traffic in softirq, instead of
+//! waking nobody and filling the socket's buffer between probes.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,13 +33,15 @@ struct PacketSocket {
 }
 
 impl PacketSocket {
-    fn open(link: Link, proto: u16) -> io::Result<Self> {
+    fn open(link: Link, proto: u16, filter: &[libc::sock_filter]) -> io::Result<Self> {
+        // Protocol 0: the socket receives nothing until `bind` names one, so no
+        // frame reaches it before its filter is attached.
         // SAFETY: plain socket(2); the descriptor is owned right after.
         let fd = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(proto.to_be()),
+                0,
             )
         };
         if fd < 0 {
@@ -42,6 +49,23 @@ impl PacketSocket {
         }
         // SAFETY: `fd` is a new descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` points at `filter`, valid for the call; the kernel copies it.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
         let sll = sockaddr_ll(link, proto, &[0; 6]);
         // SAFETY: `sll` is a valid sockaddr_ll of the size given.
         let r = unsafe {
@@ -54,7 +78,21 @@ impl PacketSocket {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd, link, proto })
+        let s = Self { fd, link, proto };
+        // Whatever was queued before the filter held (nothing, with protocol 0 at
+        // socket(2); kept in case a kernel ever queues earlier) goes unread.
+        s.drain()?;
+        Ok(s)
+    }
+
+    /// Discards every queued frame; returns how many incoming ones there were.
+    fn drain(&self) -> io::Result<usize> {
+        let mut buf = [0u8; 1600];
+        let mut n = 0;
+        while self.recv_now(&mut buf)?.is_some() {
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
@@ -109,6 +147,66 @@ impl PacketSocket {
         }
     }
 }
+
+// Classic BPF (linux/filter.h): offsets are from the start of the Ethernet header.
+const LD_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+const LD_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JEQ_X: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_X) as u16;
+const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
+const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+const fn op(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// A jump: `jt` / `jf` count the instructions skipped.
+const fn jeq(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+const ACCEPT: libc::sock_filter = op(RET, u32::MAX);
+const DROP: libc::sock_filter = op(RET, 0);
+
+/// ARP replies (what a probe's target answers) and announcements (requests whose
+/// sender and target address are the same: gratuitous ARP, e.g. a peer's takeover
+/// racing this probe). Requests that merely resolve an address, the bulk of a
+/// segment's ARP, are dropped.
+const ARP_FILTER: [libc::sock_filter; 11] = [
+    op(LD_H, 12),                     // 0: ethertype
+    jeq(JEQ, ETH_P_ARP as u32, 0, 8), // 1: ARP, else drop
+    op(LD_H, 20),                     // 2: opcode
+    jeq(JEQ, 2, 5, 0),                // 3: reply: accept
+    jeq(JEQ, 1, 0, 5),                // 4: request, else drop
+    op(LD_W, 28),                     // 5: sender IPv4 address
+    op(TAX, 0),                       // 6
+    op(LD_W, 38),                     // 7: target IPv4 address
+    jeq(JEQ_X, 0, 0, 1),              // 8: the same: accept, else drop
+    ACCEPT,                           // 9
+    DROP,                             // 10
+];
+
+/// Neighbour advertisements: IPv6 whose next header is ICMPv6 (neighbour
+/// discovery carries no extension headers), hop limit 255 (RFC 4861: sent
+/// on-link), ICMPv6 type 136.
+const ND_FILTER: [libc::sock_filter; 10] = [
+    op(LD_H, 12),                      // 0: ethertype
+    jeq(JEQ, ETH_P_IPV6 as u32, 0, 7), // 1: IPv6, else drop
+    op(LD_B, 20),                      // 2: next header
+    jeq(JEQ, 58, 0, 5),                // 3: ICMPv6, else drop
+    op(LD_B, 21),                      // 4: hop limit
+    jeq(JEQ, 255, 0, 3),               // 5: 255, else drop
+    op(LD_B, 54),                      // 6: ICMPv6 type
+    jeq(JEQ, ICMPV6_NA as u32, 0, 1),  // 7: advertisement: accept, else drop
+    ACCEPT,                            // 8
+    DROP,                              // 9
+];
 
 fn sockaddr_ll(link: Link, proto: u16, dst: &[u8]) -> libc::sockaddr_ll {
     // SAFETY: all-zero is a valid sockaddr_ll.
@@ -257,8 +355,8 @@ impl Prober {
     pub fn open(link: Link) -> io::Result<Self> {
         Ok(Self {
             link,
-            arp: PacketSocket::open(link, ETH_P_ARP)?,
-            nd: PacketSocket::open(link, ETH_P_IPV6)?,
+            arp: PacketSocket::open(link, ETH_P_ARP, &ARP_FILTER)?,
+            nd: PacketSocket::open(link, ETH_P_IPV6, &ND_FILTER)?,
         })
     }
 
@@ -274,9 +372,7 @@ impl Prober {
         let mut answered = vec![false; targets.len()];
         let socks = [(&self.arp, true), (&self.nd, false)];
         let mut buf = [0u8; 1600];
-        for (s, _) in &socks {
-            while s.recv_now(&mut buf)?.is_some() {}
-        }
+        self.drain()?;
         let send_all = || -> io::Result<()> {
             for t in targets {
                 let r = match t {
@@ -352,6 +448,13 @@ impl Prober {
         Ok(answered)
     }
 
+    /// Discards what the sockets queued since the last probe (the filter lets
+    /// only answers and announcements through) and returns how many frames the
+    /// ARP and the IPv6 socket held.
+    pub fn drain(&self) -> io::Result<[usize; 2]> {
+        Ok([self.arp.drain()?, self.nd.drain()?])
+    }
+
     /// Tells the segment that `addrs` now live at this interface's MAC.
     pub fn announce(&self, addrs: &[IpAddr]) -> io::Result<()> {
         for a in addrs {
@@ -367,6 +470,84 @@ impl Prober {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a filter of the instructions above over a frame, as the kernel does
+    /// (a load past the end drops the frame).
+    fn run(filter: &[libc::sock_filter], f: &[u8]) -> bool {
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        loop {
+            let i = filter[pc];
+            let k = i.k as usize;
+            pc += 1;
+            let load = |n: usize| {
+                f.get(k..k + n)
+                    .map(|b| b.iter().fold(0u32, |v, c| v << 8 | u32::from(*c)))
+            };
+            match i.code {
+                LD_B | LD_H | LD_W => {
+                    let n = [(LD_B, 1), (LD_H, 2), (LD_W, 4)]
+                        .iter()
+                        .find(|(c, _)| *c == i.code)
+                        .unwrap()
+                        .1;
+                    match load(n) {
+                        Some(v) => a = v,
+                        None => return false,
+                    }
+                }
+                TAX => x = a,
+                JEQ | JEQ_X => {
+                    let y = if i.code == JEQ { i.k } else { x };
+                    pc += usize::from(if a == y { i.jt } else { i.jf });
+                }
+                RET => return i.k != 0,
+                c => panic!("instruction {c:#x} not in this interpreter"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_filters_pass_answers_and_announcements_only() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let (a, b) = (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 1));
+        let mut reply = arp_request(mac, a, b);
+        reply[21] = 2;
+        assert!(run(&ARP_FILTER, &reply), "ARP reply");
+        assert!(run(&ARP_FILTER, &arp_request(mac, a, a)), "gratuitous ARP");
+        assert!(
+            !run(&ARP_FILTER, &arp_request(mac, b, a)),
+            "a request resolving an address"
+        );
+        assert!(
+            !run(&ARP_FILTER, &arp_request(mac, Ipv4Addr::UNSPECIFIED, a)),
+            "a probe"
+        );
+        let mut other = reply.clone();
+        other[21] = 3; // RARP request
+        assert!(!run(&ARP_FILTER, &other));
+        // The filter sorts, the parser validates: a short reply passes here and
+        // is refused by `arp_sender`; a short request cannot be compared.
+        assert!(
+            !run(&ARP_FILTER, &arp_request(mac, a, a)[..40]),
+            "truncated"
+        );
+
+        let t: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let na = unsolicited_advert(mac, t);
+        assert!(run(&ND_FILTER, &na), "neighbour advertisement");
+        assert!(!run(&ND_FILTER, &dad_solicitation(mac, t)), "solicitation");
+        let mut hop = na.clone();
+        hop[21] = 64;
+        assert!(!run(&ND_FILTER, &hop), "hop limit below 255: not on-link");
+        let mut echo = na.clone();
+        echo[54] = 128;
+        assert!(!run(&ND_FILTER, &echo), "echo request");
+        let mut udp = na.clone();
+        udp[20] = 17;
+        assert!(!run(&ND_FILTER, &udp), "UDP");
+        assert!(!run(&ND_FILTER, &reply), "ARP on the IPv6 socket");
+        assert!(!run(&ARP_FILTER, &na), "IPv6 on the ARP socket");
+    }
 
     #[test]
     fn frames_have_the_expected_shape() {

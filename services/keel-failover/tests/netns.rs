@@ -202,14 +202,16 @@ fn replayed_forged_and_truncated_heartbeats_are_dropped_and_counted() {
 
     let mut flipped = genuine.clone();
     flipped[30] ^= 0x40; // the term
-    let mut version = genuine.clone();
-    version[4] = 9;
+                         // Version 9 of the same length, signed with the pair's key: a peer of another
+                         // release.
+    let version = other_version(&pair, 9, genuine.len());
     // Well-formed, but keyed with another PSK: a higher term, holding.
     let forged = keel_failover::wire::Heartbeat {
         sender: "a".into(),
         term: 1_000_000,
         seq: u64::MAX,
         nonce: 42,
+        echo: 0,
         holding: true,
         auto_takeover: true,
     }
@@ -253,6 +255,277 @@ fn replayed_forged_and_truncated_heartbeats_are_dropped_and_counted() {
     assert!(
         b.peer_last_seen_ms.is_some_and(|ms| ms < pair.window_ms),
         "{b:?}"
+    );
+
+    // A peer of the previous wire version (80 bytes, version 1) is counted as
+    // such, and while it speaks, become-primary is refused: it would not hear the
+    // claim and keep the addresses.
+    let v1 = other_version(&pair, 1, 80);
+    let wrong = b.counters.wrong_version;
+    let old_peer = pair.inject_paced(Node::B, &vec![v1; 150], Duration::from_millis(20));
+    common::wait_for("B counts the version 1 heartbeats", SETTLE, || {
+        (pair.status(Node::B).counters.wrong_version > wrong).then_some(())
+    });
+    let refused = pair.call(Node::B, "POST", "/become-primary", None);
+    old_peer.join().unwrap();
+    let e = refused.expect_err("become-primary beside a version 1 peer");
+    assert!(e.contains("wire version 1"), "{e}");
+    let counted = common::wait_for("B counts all 150", SETTLE, || {
+        let c = pair.status(Node::B).counters.wrong_version;
+        (c >= wrong + 150).then_some(c)
+    });
+    assert_eq!(counted - wrong, 150);
+    assert!(pair
+        .log_text(Node::B)
+        .contains("heartbeats of wire version 1 arrive"));
+    let a = pair.status(Node::A);
+    assert_eq!((a.role, a.holding), (FailoverRole::Primary, true));
+    assert_eq!(pair.status(Node::B).role, FailoverRole::Backup);
+}
+
+/// A heartbeat of wire version `version` (magic, version, zeros, and the MAC
+/// under the pair's key last, over the rest: what every version ends with).
+fn other_version(pair: &Pair, version: u8, len: usize) -> Vec<u8> {
+    let psk = keel_failover::config::read_psk(&pair.dir.path().join("psk")).unwrap();
+    let key = keel_failover::wire::derive_key(&psk, b"heartbeat mac");
+    let mut b = vec![0u8; len];
+    b[0..4].copy_from_slice(b"KFHB");
+    b[4] = version;
+    let tag = ring::hmac::sign(&key, &b[..len - 32]);
+    b[len - 32..].copy_from_slice(tag.as_ref());
+    b
+}
+
+/// The replay gap of a guard held in memory only: B restarts and forgets what it
+/// heard; a recording of the primary's earlier run (its start nonce unknown to the
+/// new B) replayed at the primary's pace would fake a live primary and hold off
+/// B's takeover for as long as the recording lasts. Each is refused (it does not
+/// echo B's new start) and counted, and B takes over while the replay runs.
+#[test]
+fn a_recording_replayed_after_the_receiver_restarted_is_ignored() {
+    need_netns!();
+    let mut pair = started_pair("rr", Options::default());
+    // A's first run, five seconds of it, as B received it: longer than the
+    // replay below needs to outlast the takeover bound.
+    let recorded = pair.capture_heartbeats(Node::B, 250);
+    // A restarts in place (it keeps the addresses and its term), then B restarts.
+    pair.kill(Node::A);
+    pair.start(Node::A);
+    pair.wait_settled(Node::A);
+    pair.kill(Node::B);
+    pair.start(Node::B);
+    pair.wait_settled(Node::A);
+    let before = pair.status(Node::B);
+    assert_eq!(before.role, FailoverRole::Backup);
+
+    // The recording alone, while A is alive: ignored and counted exactly.
+    pair.inject(Node::B, &recorded[..5]);
+    let c = common::wait_for("B counts the replays", SETTLE, || {
+        let c = pair.status(Node::B).counters;
+        (c.replayed >= before.counters.replayed + 5).then_some(c)
+    });
+    assert_eq!(c.replayed - before.counters.replayed, 5);
+    // and A's live heartbeats still count (the replay did not pass for a restart
+    // of A, which would retire A's live start).
+    common::wait_for("B still hears A", SETTLE, || {
+        let b = pair.status(Node::B);
+        (b.counters.received > c.received + 5).then_some(())
+    });
+
+    // A dies; the recording plays on at A's pace from the segment. B must not
+    // take it for A: it takes over within the usual bound.
+    let monitor = Monitor::start(&pair);
+    let replayed = pair.status(Node::B).counters.replayed;
+    let replay = pair.inject_paced(
+        Node::B,
+        &recorded[5..],
+        Duration::from_millis(pair.interval_ms),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    pair.power_loss(Node::A);
+    monitor.wait_live_on(Node::B, TAKEOVER_BOUND);
+    assert!(
+        !replay.is_finished(),
+        "the takeover came only after the replay"
+    );
+    replay.join().unwrap();
+    let b = common::wait_for("B counts the whole replay", SETTLE, || {
+        let b = pair.status(Node::B);
+        (b.counters.replayed >= replayed + 245).then_some(b)
+    });
+    assert_eq!(b.counters.replayed - replayed, 245, "{b:?}");
+    assert_eq!(b.role, FailoverRole::Primary);
+    assert_eq!(b.term, before.term + 1);
+    assert_never_both(&monitor, &pair, "replay");
+}
+
+/// A probe socket of `ns`'s `dev`, opened there (a packet socket belongs to the
+/// namespace it was made in), with the time the opening took.
+fn prober_in(ns: &str, dev: &'static str) -> (keel_failover::raw::Prober, Duration) {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        common::enter(&ns);
+        let l = common::rt()
+            .block_on(async { keel_failover::kernel::Kernel::connect()?.link(dev).await })
+            .unwrap();
+        let t0 = Instant::now();
+        let p = keel_failover::raw::Prober::open(keel_failover::raw::Link {
+            index: l.index,
+            mac: l.mac,
+        })
+        .unwrap();
+        (p, t0.elapsed())
+    })
+    .join()
+    .unwrap()
+}
+
+/// An unfiltered packet socket on `ns`'s eth0 (every protocol): the control that
+/// shows the traffic did arrive.
+fn tap_in(ns: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        common::enter(&ns);
+        let index = nix::net::if_::if_nametoindex("eth0").unwrap();
+        // SAFETY: plain socket(2) and bind(2) with a zeroed sockaddr_ll filled in.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            );
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            sll.sll_ifindex = index as i32;
+            let r = libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            std::os::fd::OwnedFd::from_raw_fd(fd)
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Incoming frames read from `tap` so far: (ARP, IPv6, the last one's bytes).
+fn read_tap(tap: &std::os::fd::OwnedFd, seen: &mut (usize, usize, Vec<Vec<u8>>)) {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 2048];
+    loop {
+        // SAFETY: valid buffer and out-parameters of the given sizes.
+        let (n, from) = unsafe {
+            let mut from: libc::sockaddr_ll = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let n = libc::recvfrom(
+                tap.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            );
+            (n, from)
+        };
+        if n < 0 {
+            return;
+        }
+        if from.sll_pkttype == libc::PACKET_OUTGOING || n < 14 {
+            continue;
+        }
+        let f = buf[..n as usize].to_vec();
+        match u16::from_be_bytes([f[12], f[13]]) {
+            0x0806 => seen.0 += 1,
+            0x86dd => seen.1 += 1,
+            _ => continue,
+        }
+        seen.2.push(f);
+    }
+}
+
+/// The probe sockets' BPF filters: the segment's other ARP and IPv6 traffic
+/// (address resolution, RFC 5227 probes, DAD-style solicitations) reaches the
+/// interface — an unfiltered socket sees it — but not the probe sockets; the
+/// announcements do, and a probe still gets its answers.
+#[test]
+fn the_probe_sockets_queue_only_answers_and_announcements() {
+    need_netns!();
+    let pair = Pair::new("bpf", Options::default());
+    let a = pair.ns(Node::A).to_owned();
+    let tap = tap_in(&a);
+    let (prober, opened) = prober_in(&a, "eth0");
+    eprintln!("probe sockets opened in {opened:?}");
+    assert_eq!(prober.drain().unwrap(), [0, 0]);
+    let (gateway, _) = prober_in(&pair.client, "br0");
+
+    // Noise from the gateway: probes for addresses nobody has (ARP from 0.0.0.0,
+    // DAD-style solicitations), and pings that resolve addresses (ARP requests,
+    // solicitations from the gateway's own addresses) nobody answers.
+    assert_eq!(
+        gateway
+            .probe(
+                &["10.77.0.50".parse().unwrap(), "fd77::50".parse().unwrap()],
+                Duration::from_millis(40),
+            )
+            .unwrap(),
+        [false, false]
+    );
+    // Datagrams to addresses nobody has: the gateway's kernel resolves them
+    // (ARP requests, neighbour solicitations from its own addresses).
+    let client = pair.client.clone();
+    std::thread::spawn(move || {
+        common::enter(&client);
+        for to in ["10.77.0.51:9", "[fd77::51]:9"] {
+            let to: std::net::SocketAddr = to.parse().unwrap();
+            let s = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+                .unwrap();
+            s.send_to(b"x", to).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    // Then the announcements the filters let through (last: they arrive last).
+    let (garp, na) = ("10.77.0.77".parse().unwrap(), "fd77::77".parse().unwrap());
+    gateway.announce(&[garp, na]).unwrap();
+    let mut seen = (0, 0, Vec::new());
+    // 2 probes, the resolution and the announcement of each family.
+    common::wait_for(
+        "the tap sees the noise and the announcements",
+        SETTLE,
+        || {
+            read_tap(&tap, &mut seen);
+            let f = &seen.2;
+            let v6: std::net::Ipv6Addr = "fd77::77".parse().unwrap();
+            (seen.0 >= 4
+                && seen.1 >= 4
+                && f.iter()
+                    .any(|f| f[12..14] == [8, 6] && f[28..32] == [10, 77, 0, 77])
+                && f.iter()
+                    .any(|f| f.len() > 70 && f[54] == 136 && f[62..78] == v6.octets()))
+            .then_some(())
+        },
+    );
+    eprintln!("unfiltered: {} ARP, {} IPv6 frames", seen.0, seen.1);
+    assert_eq!(
+        prober.drain().unwrap(),
+        [1, 1],
+        "only the gratuitous ARP and the advertisement were queued"
+    );
+
+    // The answers a probe waits for still get through.
+    assert_eq!(
+        prober
+            .probe(
+                &[common::GATEWAY.parse().unwrap(), "fd77::1".parse().unwrap()],
+                Duration::from_secs(5),
+            )
+            .unwrap(),
+        [true, true]
     );
 }
 

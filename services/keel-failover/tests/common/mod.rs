@@ -462,6 +462,11 @@ impl Pair {
     /// Raw socket in `n`'s namespace capturing the next heartbeat payload arriving
     /// there (a genuine datagram of the peer, for replay tests).
     pub fn capture_heartbeat(&self, n: Node) -> Vec<u8> {
+        self.capture_heartbeats(n, 1).remove(0)
+    }
+
+    /// The next `count` heartbeat payloads arriving in `n`'s namespace, in order.
+    pub fn capture_heartbeats(&self, n: Node, count: usize) -> Vec<Vec<u8>> {
         let ns = self.ns(n).to_owned();
         std::thread::spawn(move || {
             enter(&ns);
@@ -479,9 +484,14 @@ impl Pair {
                 std::io::Error::last_os_error()
             );
             let mut buf = [0u8; 2048];
-            let end = Instant::now() + Duration::from_secs(10);
-            let out = loop {
-                assert!(Instant::now() < end, "no heartbeat captured");
+            let end = Instant::now() + Duration::from_secs(30);
+            let mut out = Vec::with_capacity(count);
+            while out.len() < count {
+                assert!(
+                    Instant::now() < end,
+                    "{} of {count} heartbeats captured",
+                    out.len()
+                );
                 // SAFETY: valid buffer of the given size.
                 let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
                 if r < 28 {
@@ -494,9 +504,9 @@ impl Pair {
                 }
                 let dport = u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]);
                 if dport == PORT {
-                    break p[ihl + 8..].to_vec();
+                    out.push(p[ihl + 8..].to_vec());
                 }
-            };
+            }
             // SAFETY: our descriptor.
             unsafe { libc::close(fd) };
             out
@@ -507,6 +517,19 @@ impl Pair {
 
     /// Sends raw datagrams to `n`'s heartbeat port from the client namespace.
     pub fn inject(&self, n: Node, datagrams: &[Vec<u8>]) {
+        self.inject_paced(n, datagrams, Duration::ZERO)
+            .join()
+            .unwrap();
+    }
+
+    /// `inject` in the background, `gap` between datagrams (a replay at the
+    /// sender's pace).
+    pub fn inject_paced(
+        &self,
+        n: Node,
+        datagrams: &[Vec<u8>],
+        gap: Duration,
+    ) -> std::thread::JoinHandle<()> {
         let ns = self.client.clone();
         let to: SocketAddr = format!("{}:{PORT}", n.addr()).parse().unwrap();
         let datagrams = datagrams.to_vec();
@@ -515,10 +538,9 @@ impl Pair {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
             for d in datagrams {
                 s.send_to(&d, to).unwrap();
+                std::thread::sleep(gap);
             }
         })
-        .join()
-        .unwrap();
     }
 }
 
