@@ -33,8 +33,8 @@ pub struct AppState {
     pub certs: std::sync::OnceLock<std::sync::Weak<crate::certs::CertsState>>,
     /// The last status computed (see `status::StatusCache`).
     pub status_cache: status::StatusCache,
-    /// The kernel's addresses, read again when it announces a change.
-    pub addresses: status::AddressWatch,
+    /// What the status reads live: addresses, boot state, the last answer.
+    pub live: status::Live,
     pub tokens: crate::tokens::Tokens,
     pub audit: crate::audit::AuditLog,
     pub access: crate::access::Access,
@@ -139,22 +139,42 @@ impl AppState {
         self.live(self.status_cache.get(|| self.status_now()))
     }
 
-    /// The status if the cache holds a good one: cheap enough to make on the
-    /// runtime's thread.
-    pub fn status_kept(&self) -> Option<Status> {
-        self.status_cache.kept().map(|s| self.live(s))
+    /// The status API's answer, encoded, if the cache holds a good status: cheap
+    /// enough to make on the runtime's thread, and the very bytes of the last
+    /// answer while nothing in it changed (a monitoring poll gets them).
+    pub fn status_json_kept(&self) -> Option<axum::body::Bytes> {
+        let key = status::AnswerKey {
+            status: self.status_cache.kept_serial()?,
+            unix_second: status::unix_second_now(),
+            uptime_seconds: status::uptime_now(),
+            addresses: self.live.addresses.version(),
+            boot: self.live.boot.version(),
+        };
+        if let Some(bytes) = self.live.answer(&key) {
+            return Some(bytes);
+        }
+        let mut status = self.status_cache.kept()?;
+        self.fill_live(&mut status, key.unix_second, key.uptime_seconds);
+        let bytes = axum::body::Bytes::from(serde_json::to_vec(&status).ok()?);
+        self.live.keep_answer(key, bytes.clone());
+        Some(bytes)
     }
 
     /// `status` with what changes every second read now.
     fn live(&self, mut status: Status) -> Status {
-        status.time = status::now_rfc3339();
-        status.uptime_seconds = status::uptime_now();
-        // One small file, written at boot and by a trial's end: read as it is now.
-        status.boot = crate::boot::read();
-        // Changed by netd and keel-failover (a takeover) without the console: the
-        // kernel's list as it is now.
-        status.addresses = self.addresses.get();
+        self.fill_live(&mut status, status::unix_second_now(), status::uptime_now());
         status
+    }
+
+    fn fill_live(&self, status: &mut Status, unix_second: i64, uptime_seconds: u64) {
+        status.time = status::rfc3339(unix_second);
+        status.uptime_seconds = uptime_seconds;
+        // Written at boot and by a trial's end, by root: read again when its
+        // directory says it changed.
+        status.boot = self.live.boot.get();
+        // Changed by netd and keel-failover (a takeover) without the console: the
+        // kernel's list, read again when the kernel announces a change.
+        status.addresses = self.live.addresses.get();
     }
 
     /// What `live` does not fill in (left at their defaults here).
@@ -192,7 +212,7 @@ impl AppState {
     }
 
     pub fn banner(&self) -> Banner {
-        let addrs = self.addresses.get();
+        let addrs = self.live.addresses.get();
         Banner {
             version: status::running_version().to_owned(),
             urls: status::reachable_ips(&addrs)
@@ -370,17 +390,14 @@ async fn api_logout(State(st): State<Shared>, headers: HeaderMap) -> Result<Stat
     summary = "Status › Basics and Health: version, slots, services, addresses, certificate",
     responses((status = 200, body = serde_json::Value), (status = 401)),
     security(("session" = []), ("token" = [])))]
-async fn api_status(
-    State(st): State<Shared>,
-    headers: HeaderMap,
-) -> Result<Json<Status>, ApiError> {
+async fn api_status(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
     st.session(&headers).ok_or_else(ApiError::unauthorized)?;
-    if let Some(status) = st.status_kept() {
-        return Ok(Json(status));
+    if let Some(json) = st.status_json_kept() {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
     }
     // Reads /proc, mountinfo, netlink and the certificate store: off the runtime's
     // threads, so handshakes and other requests go on meanwhile.
-    Ok(Json(blocking(move || st.status()).await?))
+    Ok(Json(blocking(move || st.status()).await?).into_response())
 }
 
 async fn api_power(

@@ -17,7 +17,7 @@ pub fn set_state_file(path: PathBuf) {
     *STATE_FILE.write().unwrap_or_else(|p| p.into_inner()) = Some(path);
 }
 
-fn state_file() -> PathBuf {
+pub(crate) fn state_file() -> PathBuf {
     STATE_FILE
         .read()
         .unwrap_or_else(|p| p.into_inner())

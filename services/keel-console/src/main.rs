@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(app::AppState {
         certs: Default::default(),
         status_cache: Default::default(),
-        addresses: Default::default(),
+        live: Default::default(),
         auth,
         cert,
         requests_dir: args.requests_dir.clone(),

@@ -66,28 +66,18 @@ pub fn addresses() -> Vec<InterfaceAddress> {
     out
 }
 
-/// The address list, read again only after the kernel announced a change: a
-/// netlink socket subscribed to address and link events is drained (one
-/// non-blocking `recv`) before each use, so a monitoring poll of `/status` costs no
-/// netlink dump, and a takeover by keel-failover or a change by netd shows at once.
-pub struct AddressWatch {
-    events: Option<std::os::fd::OwnedFd>,
-    list: std::sync::Mutex<Option<Vec<InterfaceAddress>>>,
+/// What tells a [`Watched`] value that it may have changed.
+enum Events {
+    /// rtnetlink multicast groups (address and link changes).
+    Netlink(std::os::fd::OwnedFd),
+    /// inotify on a directory (its files written, renamed, removed).
+    Files(nix::sys::inotify::Inotify),
+    /// Nothing to listen to: every use reads the value again.
+    None,
 }
 
-impl AddressWatch {
-    /// Subscribes before the first read, so no change can fall between the two.
-    /// Without a socket (a sandbox that refuses it) every call reads the list.
-    pub fn new() -> Self {
-        Self {
-            events: Self::subscribe()
-                .map_err(|e| tracing::warn!("no address events ({e}): addresses read per request"))
-                .ok(),
-            list: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn subscribe() -> nix::Result<std::os::fd::OwnedFd> {
+impl Events {
+    fn addresses() -> nix::Result<Self> {
         use nix::sys::socket::{
             bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
         };
@@ -104,51 +94,164 @@ impl AddressWatch {
             std::os::fd::AsRawFd::as_raw_fd(&fd),
             &NetlinkAddr::new(0, groups),
         )?;
-        Ok(fd)
+        Ok(Self::Netlink(fd))
     }
 
-    /// Whether the kernel announced anything since the last call (a full queue,
-    /// ENOBUFS, counts as a change: events were lost).
+    fn files_in(dir: &std::path::Path) -> nix::Result<Self> {
+        use nix::sys::inotify::{AddWatchFlags as F, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(
+            dir,
+            F::IN_CLOSE_WRITE
+                | F::IN_MODIFY
+                | F::IN_CREATE
+                | F::IN_DELETE
+                | F::IN_MOVED_TO
+                | F::IN_MOVED_FROM
+                | F::IN_DELETE_SELF
+                | F::IN_MOVE_SELF,
+        )?;
+        Ok(Self::Files(inotify))
+    }
+
+    /// Whether anything was announced since the last call (drained; a full queue
+    /// counts as a change: events were lost).
     fn changed(&self) -> bool {
-        let Some(fd) = &self.events else {
-            return true;
-        };
-        let mut buf = [0u8; 8192];
-        let mut changed = false;
-        loop {
-            match nix::sys::socket::recv(
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                &mut buf,
-                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(0) => return true,
-                Ok(_) | Err(nix::errno::Errno::ENOBUFS) => changed = true,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EAGAIN) => return changed,
-                Err(_) => return true,
+        use nix::errno::Errno;
+        match self {
+            Events::None => true,
+            Events::Netlink(fd) => {
+                let mut buf = [0u8; 8192];
+                let mut changed = false;
+                loop {
+                    match nix::sys::socket::recv(
+                        std::os::fd::AsRawFd::as_raw_fd(fd),
+                        &mut buf,
+                        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                    ) {
+                        Ok(0) => return true,
+                        Ok(_) | Err(Errno::ENOBUFS) => changed = true,
+                        Err(Errno::EINTR) => {}
+                        Err(Errno::EAGAIN) => return changed,
+                        Err(_) => return true,
+                    }
+                }
             }
-        }
-    }
-
-    /// The kernel's list as it is now.
-    pub fn get(&self) -> Vec<InterfaceAddress> {
-        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        // Drained before the read: an event after it is still queued for the next.
-        let changed = self.changed();
-        match &*list {
-            Some(l) if !changed => l.clone(),
-            _ => {
-                let fresh = addresses();
-                *list = Some(fresh.clone());
-                fresh
+            Events::Files(inotify) => {
+                let mut changed = false;
+                loop {
+                    match inotify.read_events() {
+                        Ok(events) if events.is_empty() => return changed,
+                        Ok(_) => changed = true,
+                        Err(Errno::EINTR) => {}
+                        Err(Errno::EAGAIN) => return changed,
+                        Err(_) => return true,
+                    }
+                }
             }
         }
     }
 }
 
+/// A value read again only after the kernel announced a change: the event source
+/// is drained (one non-blocking read) before each use, so a monitoring poll of
+/// `/status` reads no netlink dump and no file, and a takeover by keel-failover,
+/// a change by netd or a trial's end shows at once.
+pub struct Watched<T> {
+    events: Events,
+    read: fn() -> T,
+    /// The value and its version (counts the reads).
+    value: std::sync::Mutex<Option<(u64, T)>>,
+}
+
+impl<T: Clone> Watched<T> {
+    /// Subscribed before the first read, so no change can fall between the two.
+    fn new(events: nix::Result<Events>, what: &str, read: fn() -> T) -> Self {
+        let events = events.unwrap_or_else(|e| {
+            tracing::warn!("no change events for {what} ({e}): read per request");
+            Events::None
+        });
+        Self {
+            events,
+            read,
+            value: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `f` of the value as it is now and its version (another version: another
+    /// value).
+    fn with<R>(&self, f: impl FnOnce(u64, &T) -> R) -> R {
+        let mut value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        // Drained before the read: an event after it is still queued for the next.
+        if self.events.changed() || value.is_none() {
+            let version = value.as_ref().map_or(1, |(v, _)| v + 1);
+            *value = Some((version, (self.read)()));
+        }
+        let (v, t) = value.as_ref().expect("read above");
+        f(*v, t)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.with(|v, _| v)
+    }
+
+    pub fn get(&self) -> T {
+        self.with(|_, t| t.clone())
+    }
+}
+
+/// What `/status` reads live on every request (see `AppState::live`), and its
+/// last answer encoded.
+#[derive(Default)]
+pub struct Live {
+    pub addresses: AddressWatch,
+    pub boot: BootWatch,
+    answer: std::sync::Mutex<Option<(AnswerKey, axum::body::Bytes)>>,
+}
+
+/// Everything an encoded `/status` answer was made from: the same key, the same
+/// bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AnswerKey {
+    /// Which kept status (`Reused::kept_serial`).
+    pub status: u64,
+    pub unix_second: i64,
+    pub uptime_seconds: u64,
+    pub addresses: u64,
+    pub boot: u64,
+}
+
+impl Live {
+    /// The answer encoded for `key`, if it was the last one made.
+    pub fn answer(&self, key: &AnswerKey) -> Option<axum::body::Bytes> {
+        match &*self.answer.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((k, bytes)) if k == key => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn keep_answer(&self, key: AnswerKey, bytes: axum::body::Bytes) {
+        *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, bytes));
+    }
+}
+
+/// The kernel's addresses (see [`addresses`]), watched over rtnetlink.
+pub type AddressWatch = Watched<Vec<InterfaceAddress>>;
+
 impl Default for AddressWatch {
     fn default() -> Self {
-        Self::new()
+        Self::new(Events::addresses(), "addresses", addresses)
+    }
+}
+
+/// The boot state file (see [`crate::boot::read`]), watched in its directory.
+pub type BootWatch = Watched<Option<keel_api::BootState>>;
+
+impl Default for BootWatch {
+    fn default() -> Self {
+        let file = crate::boot::state_file();
+        let dir = file.parent().unwrap_or(std::path::Path::new("/"));
+        Self::new(Events::files_in(dir), "the boot state", crate::boot::read)
     }
 }
 
@@ -251,6 +354,21 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// A Unix time in RFC 3339, whole seconds (`2026-12-01T18:00:00Z`).
+pub fn rfc3339(unix_second: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_second)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+pub fn unix_second_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 pub fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
@@ -269,8 +387,10 @@ pub const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A value made at most once per `STATUS_TTL` and per invalidation.
 pub struct Reused<T> {
-    entry: std::sync::Mutex<Option<(std::time::Instant, u64, T)>>,
+    /// When made, the generation it was made in, its serial, the value.
+    entry: std::sync::Mutex<Option<(std::time::Instant, u64, u64, T)>>,
     changes: std::sync::atomic::AtomicU64,
+    made: std::sync::atomic::AtomicU64,
 }
 
 impl<T: Clone> Reused<T> {
@@ -278,17 +398,30 @@ impl<T: Clone> Reused<T> {
         Self {
             entry: std::sync::Mutex::new(None),
             changes: std::sync::atomic::AtomicU64::new(0),
+            made: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `f` of the value kept and its serial, if it is still good.
+    fn with_kept<R>(&self, f: impl FnOnce(u64, &T) -> R) -> Option<R> {
+        let generation = self.changes.load(std::sync::atomic::Ordering::Acquire);
+        let entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
+        match &*entry {
+            Some((at, g, serial, v)) if *g == generation && at.elapsed() < STATUS_TTL => {
+                Some(f(*serial, v))
+            }
+            _ => None,
         }
     }
 
     /// The value kept, if it is still good.
     pub fn kept(&self) -> Option<T> {
-        let generation = self.changes.load(std::sync::atomic::Ordering::Acquire);
-        let entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
-        match &*entry {
-            Some((at, g, v)) if *g == generation && at.elapsed() < STATUS_TTL => Some(v.clone()),
-            _ => None,
-        }
+        self.with_kept(|_, v| v.clone())
+    }
+
+    /// Which value is kept, if one is still good (each value made has its own).
+    pub fn kept_serial(&self) -> Option<u64> {
+        self.with_kept(|serial, _| serial)
     }
 
     /// The value kept, or `make`'s when it is too old or invalidated since.
@@ -298,7 +431,7 @@ impl<T: Clone> Reused<T> {
         let now = std::time::Instant::now();
         {
             let entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, g, v)) = &*entry {
+            if let Some((at, g, _, v)) = &*entry {
                 if *g == generation && now.duration_since(*at) < STATUS_TTL {
                     return v.clone();
                 }
@@ -308,8 +441,9 @@ impl<T: Clone> Reused<T> {
         // value made across an invalidation carries the generation from before
         // it, so it is not reused.
         let fresh = make();
+        let serial = self.made.fetch_add(1, Ordering::AcqRel) + 1;
         *self.entry.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((now, generation, fresh.clone()));
+            Some((now, generation, serial, fresh.clone()));
         fresh
     }
 
@@ -342,11 +476,37 @@ mod tests {
         assert_eq!(cache.get(make), 1);
         assert_eq!(cache.get(make), 1, "reused within the TTL");
         assert_eq!(cache.kept(), Some(1));
+        let first = cache.kept_serial().expect("kept");
         cache.invalidate();
+        assert_eq!(cache.kept_serial(), None);
         assert_eq!(cache.kept(), None, "not after a change");
         assert_eq!(cache.get(make), 2, "made anew after a change");
+        assert_ne!(
+            cache.kept_serial(),
+            Some(first),
+            "another value, another serial"
+        );
         std::thread::sleep(STATUS_TTL);
         assert_eq!(cache.get(make), 3, "made anew after the TTL");
+    }
+
+    /// The boot state's watch: each kind of write to a file in the directory is
+    /// announced once, and nothing else.
+    #[test]
+    fn file_events_announce_writes_renames_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::files_in(dir.path()).unwrap();
+        assert!(!events.changed(), "nothing yet");
+        let file = dir.path().join("state.json");
+        std::fs::write(&file, b"{}").unwrap();
+        assert!(events.changed(), "written");
+        assert!(!events.changed(), "drained");
+        keel_core::store::write_atomic(&file, b"{\"a\":1}", 0o644).unwrap();
+        assert!(events.changed(), "replaced by a rename");
+        let _ = std::fs::read(&file).unwrap();
+        assert!(!events.changed(), "a read is no change");
+        std::fs::remove_file(&file).unwrap();
+        assert!(events.changed(), "removed");
     }
 
     /// In a network namespace of its own (this thread only): an address added or
@@ -366,8 +526,11 @@ mod tests {
                     .success();
                 assert!(ok, "ip {args}");
             };
-            let watch = AddressWatch::new();
-            assert!(watch.events.is_some(), "subscribed to address events");
+            let watch = AddressWatch::default();
+            assert!(
+                matches!(watch.events, Events::Netlink(_)),
+                "subscribed to address events"
+            );
             let has = |w: &AddressWatch, a: &str| w.get().iter().any(|x| x.address == a);
             assert!(!has(&watch, "192.0.2.9/24"));
             // Loopback: the one device every kernel has (no dummy module here).

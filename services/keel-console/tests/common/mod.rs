@@ -29,7 +29,7 @@ pub fn app_state(data: &Path, identity: &keel_certs::Identity) -> Arc<app::AppSt
     Arc::new(app::AppState {
         certs: Default::default(),
         status_cache: Default::default(),
-        addresses: Default::default(),
+        live: Default::default(),
         auth: auth::Auth::open(data.join("console")).unwrap(),
         cert: keel_certs::info(&identity.cert_pem).unwrap(),
         requests_dir: data.join("requests"),
