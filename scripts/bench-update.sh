@@ -5,7 +5,8 @@
 #            alone, no verification (the floor)
 #   keel   - keel-update installing the signed bundle through its local socket
 #            (POST /install with curl, wall clock from the request to the answer:
-#            signature + policy, stream-write, fsync, read-back + hash, arm trial)
+#            signature + policy, stream-write and hash, read-back + compare, fsync,
+#            arm trial)
 #   rauc   - `rauc install` of an equivalent `plain` bundle (same squashfs, signed
 #            with a self-made CA) into a `type=raw` slot, through a `rauc service`
 #            on a private D-Bus; wall clock of the client (the work is in the
@@ -144,6 +145,7 @@ k=$work/keel
 mkdir -p "$k/keys"
 cp "$pub" "$k/keys/"
 echo 'NAME=Keel
+ID=keel
 VERSION_ID=0.0.1' >"$k/os-release" # older than the bundle: an upgrade
 echo 'keel.slot=a' >"$k/cmdline"
 cat /proc/sys/kernel/random/uuid >"$k/boot_id"
@@ -248,7 +250,7 @@ r = med["rauc"] / med["keel"]
 verdict = "faster" if r >= 1 else "slower"
 print(f"keel-update vs rauc install time: {med['keel']:.3f} s vs {med['rauc']:.3f} s, "
       f"{r:.2f}x ({verdict}; goal: no slower)")
-print("keel-update's figure includes reading the slot back and hashing it again; "
+print("keel-update's figure includes reading the slot back from the device and comparing it; "
       "rauc does not read back; dd verifies nothing.")
 print(f"MB = 10^6 bytes; load average after: {sys.argv[3]}")
 PY

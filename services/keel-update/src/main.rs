@@ -166,6 +166,11 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: before any thread starts; only tunes the allocator.
     unsafe {
         nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+        // Setting one threshold fixes the trim threshold at 128 KiB, below hyper's
+        // read buffers: every upload chunk freed at the heap's top gave memory back
+        // and faulted it in again (~4000 page faults per install). The install ends
+        // with malloc_trim, which gives it back whatever this says.
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 8 << 20);
     }
     // One thread while idle; an install's blocking work (verify, write, read back)
     // gets one pool thread for its duration.

@@ -960,7 +960,7 @@ impl Updater {
         };
         let started = Instant::now();
         let streamed = write_and_read_back(dev, &mut payload, &events);
-        let (written, digest) = match streamed {
+        let written = match streamed {
             Ok(r) => r,
             Err(StreamError::Source(e)) => {
                 let why = match payload.finish() {
@@ -975,6 +975,12 @@ impl Updater {
             Err(StreamError::Slot(e)) => {
                 return Err(failed(format!("slot {target}: {e}")));
             }
+            Err(StreamError::Mismatch { at }) => {
+                return Err(failed(format!(
+                    "read-back of slot {target} differs from the bundle (the device returned \
+                     other bytes than were written, first at byte {at}): the slot was not armed"
+                )));
+            }
         };
         tracing::info!(
             "slot {target}: {written} bytes written and read back in {:.3} s",
@@ -984,12 +990,12 @@ impl Updater {
         let verified = payload
             .finish()
             .map_err(|e| err(ErrorKind::BadBundle, format!("bundle refused: {e}")))?;
-        let on_disk = keel_bundle::Sha256Digest(digest);
-        if written != verified.size() || on_disk != verified.sha256() {
+        // The device holds what was read from the reader, which hashed exactly those
+        // bytes and checked them against the signed digest.
+        if written != verified.size() {
             return Err(failed(format!(
-                "read-back of slot {target} differs from the bundle (sha256 {on_disk} of \
-                 {written} bytes on the disk, {} of {} signed): the slot was not armed",
-                verified.sha256(),
+                "slot {target}: {written} bytes written, the signed payload has {}: the slot \
+                 was not armed",
                 verified.size()
             )));
         }

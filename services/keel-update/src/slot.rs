@@ -1,31 +1,42 @@
 //! The inactive root slot as a device (or, in tests, a plain file): its size, and
 //! [`write_and_read_back`], the pipelined write path of an install.
 //!
-//! Why it is built this way (measured on a loop device, 107 MiB payload, 2 cores:
-//! `dd bs=4M oflag=direct` 0.10 s, one SHA-256 pass 0.066 s with SHA-NI, which
-//! `sha2` already picks at run time — ring is no faster):
+//! Why it is built this way (measured with scripts/bench-update.sh: a 121 MB
+//! payload into a loop device, 2 cores shared with the client; `dd bs=4M
+//! oflag=direct conv=fsync` 0.14 s; one SHA-256 pass 0.07–0.10 s with SHA-NI,
+//! which `sha2` picks at run time). On 2 cores the limit is CPU, not the disk:
+//! the client, the socket, the loop device's worker and keel-update share them,
+//! so every pass over the payload keel-update saves is wall time.
 //! - Writes and read-back use `O_DIRECT`: no copy into the page cache, no cache
 //!   to drop afterwards, and a read that cannot be answered from memory — it goes
 //!   to the device, so it checks what the device holds, not what we sent.
-//! - Three stages on their own threads, handing 4 MiB buffers along: the caller's
-//!   thread receives and hashes the upload (keel-bundle's reader), a writer
-//!   writes each buffer, a verifier reads each written range back and hashes it.
-//!   The two hashes run beside the write instead of after it; the write is the
-//!   only stage left on the critical path. Two write buffers (double buffering)
-//!   keep the writer busy while the next one fills.
+//! - Three stages on their own threads, handing 2 MiB buffers along: the caller's
+//!   thread fills one from keel-bundle's reader (it hashes the payload in that
+//!   buffer and checks the signed digest at the end), a writer writes it, a
+//!   verifier reads the range back from the device into its own buffer and
+//!   compares it with the one it was written from; only then is that buffer free
+//!   again. Three buffers keep filling, writing and reading back going at once.
+//! - The read-back is compared, not hashed a second time: the buffer holds the
+//!   very bytes the reader hashed (it reads into it and hashes it in place), and
+//!   it stays owned by the pipeline, unchanged, until the device's copy matched
+//!   it. So the device holds the bytes whose hash was the signed one. A compare
+//!   costs ~1/20 of a SHA-256 pass; the second hash was ~0.08 s of the 0.30 s
+//!   of CPU keel-update spent per install (0.16 s now, with the huge pages).
+//!   What only a second hash would catch — a buffer changed in RAM between
+//!   hashing and writing, by a memory fault — a compare does not. The verifier
+//!   tracks the offsets itself, from byte 0 without gaps, and the writer's
+//!   offsets are checked against it.
 //! - Each range is read back as soon as its direct write completed (the device
 //!   acknowledged it) rather than in a second pass after the fsync: the same
-//!   bytes from the same device, without a serial second hash. The fsync that
-//!   makes it durable still comes before anything is armed.
-//! - The read-back is hashed and compared with the signed digest, not compared
-//!   with the buffer just written (which would be ~6× cheaper): only an
-//!   end-to-end check also catches a buffer changed between hashing and writing
-//!   (a pipeline bug, a memory error). The verifier tracks the offsets itself,
-//!   so the hash covers the slot from byte 0 without gaps.
-//! - On 2 cores the floor is CPU, not the disk: two SHA-256 passes (0.13 s of
-//!   CPU for 107 MiB) plus the upload's copies through the socket come to
-//!   ~0.3 s of CPU per install, where `dd` makes one copy; the bench
-//!   (scripts/bench-update.sh) measured 0.31× dd's throughput on a shared host.
+//!   bytes from the same device. The fsync that makes it durable still comes
+//!   before anything is armed.
+//! - Buffers are 2 MiB-aligned on transparent huge pages: fresh memory is
+//!   faulted in 2 MiB at a time, and each direct I/O pins one page, not 512
+//!   (~50 ms of CPU per install less, measured). 2 MiB rather than 4: half the
+//!   fresh memory to fault in, and a shorter pipeline to fill and drain.
+//! - What is left on the bench is the upload: curl writes 64 KiB at a time,
+//!   so the runtime thread reads ~1850 times and wakes the install thread as
+//!   often (~0.1 s of CPU in wake-ups and copies), beside the one hash.
 //! - Where `O_DIRECT` is refused (tmpfs), buffered I/O with `fdatasync` and
 //!   `POSIX_FADV_DONTNEED` per range stands in: there is no device under it.
 
@@ -37,15 +48,20 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 
 use nix::fcntl::{fcntl, posix_fadvise, FcntlArg, OFlag, PosixFadviseAdvice};
-use sha2::{Digest, Sha256};
 
-/// Size of each write and read: large, and every write but the last is a whole one.
-pub const CHUNK: usize = 4 * 1024 * 1024;
+/// Size of each write and read: large, and every write but the last is a whole
+/// one; one huge page ([`HUGE`]).
+pub const CHUNK: usize = HUGE;
 /// `O_DIRECT` wants buffer address, offset and length aligned to the device's
 /// logical block size; 4096 covers 512-byte and 4K devices alike.
 pub const ALIGN: usize = 4096;
-/// Write buffers in flight: one filling, one being written.
-const BUFFERS: usize = 2;
+/// Buffers in flight: one filling, one being written, one being read back and
+/// compared (it is free again only after that).
+const BUFFERS: usize = 3;
+/// Buffers of at least this size start on a 2 MiB boundary and ask for
+/// transparent huge pages: two page faults per 4 MiB buffer instead of 1024, and
+/// each direct I/O pins two pages instead of 1024.
+const HUGE: usize = 2 * 1024 * 1024;
 
 /// One slot's device.
 #[derive(Debug, Clone)]
@@ -162,7 +178,7 @@ impl SlotDevice {
 }
 
 /// A zeroed heap buffer whose start is [`ALIGN`]-aligned, as `O_DIRECT` needs
-/// (over-allocated by `ALIGN` and sliced: no unsafe code).
+/// (over-allocated and sliced; large ones on huge pages, [`HUGE`]).
 pub struct AlignedBuf {
     mem: Vec<u8>,
     start: usize,
@@ -171,9 +187,30 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     pub fn new(len: usize) -> Self {
-        let mem = vec![0u8; len + ALIGN];
-        let start = mem.as_ptr().align_offset(ALIGN);
+        let align = if len >= HUGE { HUGE } else { ALIGN };
+        // Zeroed memory this large comes fresh from mmap, not yet touched: the
+        // advice takes effect at the first write.
+        let mem = vec![0u8; len + align];
+        let start = mem.as_ptr().align_offset(align);
+        if align == HUGE {
+            advise_huge_pages(&mem[start..start + len]);
+        }
         Self { mem, start, len }
+    }
+}
+
+/// Asks for transparent huge pages under `mem` (where THP is `madvise`, the
+/// default); a kernel without them ignores it, and nothing depends on it.
+fn advise_huge_pages(mem: &[u8]) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: advice about a range inside our own live allocation; MADV_HUGEPAGE
+    // changes no contents and no mapping the program relies on.
+    unsafe {
+        nix::libc::madvise(
+            mem.as_ptr() as *mut nix::libc::c_void,
+            mem.len(),
+            nix::libc::MADV_HUGEPAGE,
+        );
     }
 }
 
@@ -292,6 +329,8 @@ pub enum StreamError {
     Source(io::Error),
     /// Writing, syncing or reading back the slot.
     Slot(io::Error),
+    /// The device returned other bytes than were written, first at this offset.
+    Mismatch { at: u64 },
 }
 
 /// What [`write_and_read_back`] reports as it goes; called from its threads.
@@ -300,19 +339,20 @@ pub trait StreamEvents: Sync {
     fn written(&self, done: u64);
     /// Runs before each written range is read back (tests change the slot here).
     fn before_read_back(&self, _off: u64, _len: usize) {}
-    /// Bytes `0..done` are read back and hashed.
+    /// Bytes `0..done` are read back and found as written.
     fn read_back(&self, done: u64);
 }
 
-/// Streams `src` to its end into `dev` from offset 0 and reads every written
-/// range back from the device, hashing it. Returns the bytes written and the
-/// SHA-256 of what the device returned for them, after a final sync. On any
-/// error the stages stop (what is queued may still be written).
+/// Streams `src` to its end into `dev` from offset 0, reads every written range
+/// back from the device and compares it with the buffer it was written from —
+/// the very bytes `src` returned (keel-bundle's reader hashed them in that
+/// buffer). Returns the bytes written, after a final sync. On any error the
+/// stages stop (what is queued may still be written).
 pub fn write_and_read_back<R: Read>(
     dev: &SlotDevice,
     src: &mut R,
     events: &impl StreamEvents,
-) -> Result<(u64, [u8; 32]), StreamError> {
+) -> Result<u64, StreamError> {
     let mut writer = dev.open_write().map_err(StreamError::Slot)?;
     let mut reader = dev.open_read_back().map_err(StreamError::Slot)?;
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
@@ -322,16 +362,15 @@ pub fn write_and_read_back<R: Read>(
             .expect("room for every buffer");
     }
     let (write_tx, write_rx) = sync_channel::<(AlignedBuf, usize)>(BUFFERS);
-    let (check_tx, check_rx) = sync_channel::<(u64, usize)>(BUFFERS);
+    let (check_tx, check_rx) = sync_channel::<(AlignedBuf, u64, usize)>(BUFFERS);
 
     std::thread::scope(|s| {
         let w = s.spawn(move || -> io::Result<u64> {
             let mut off = 0u64;
             for (buf, n) in write_rx {
                 writer.write_at(&buf[..n], off)?;
-                // The buffer is free again (the channel has room for all of them).
-                let _ = free_tx.send(buf);
-                if check_tx.send((off, n)).is_err() {
+                // The buffer goes on to the verifier, which frees it once compared.
+                if check_tx.send((buf, off, n)).is_err() {
                     break; // the verifier stopped; its error is the answer
                 }
                 off += n as u64;
@@ -341,26 +380,33 @@ pub fn write_and_read_back<R: Read>(
             writer.sync()?;
             Ok(off)
         });
-        let v = s.spawn(move || -> io::Result<[u8; 32]> {
-            // The hash covers the device from byte 0 on, gapless, whatever ranges
-            // the writer reports.
-            let mut hasher = Sha256::new();
+        let v = s.spawn(move || -> Result<(), StreamError> {
+            // The comparison covers the device from byte 0 on, gapless, whatever
+            // ranges the writer reports.
             let mut next = 0u64;
-            for (off, n) in check_rx {
+            for (buf, off, n) in check_rx {
                 if off != next {
-                    return Err(io::Error::other(format!(
+                    return Err(StreamError::Slot(io::Error::other(format!(
                         "read-back out of order: range at {off}, expected {next}"
-                    )));
+                    ))));
                 }
                 events.before_read_back(off, n);
-                hasher.update(reader.read_at(off, n)?);
+                let got = reader.read_at(off, n).map_err(StreamError::Slot)?;
+                if got != &buf[..n] {
+                    let i = got.iter().zip(&buf[..n]).position(|(a, b)| a != b);
+                    return Err(StreamError::Mismatch {
+                        at: off + i.unwrap_or(0) as u64,
+                    });
+                }
+                // Room for every buffer; gone only if the filler stopped.
+                let _ = free_tx.send(buf);
                 next += n as u64;
                 events.read_back(next);
             }
-            Ok(hasher.finalize().into())
+            Ok(())
         });
         let filled = loop {
-            // No free buffer means the writer has stopped.
+            // No free buffer means the verifier has stopped.
             let Ok(mut buf) = free_rx.recv() else {
                 break Ok(());
             };
@@ -375,13 +421,16 @@ pub fn write_and_read_back<R: Read>(
             }
         };
         drop(write_tx);
+        // The verifier may wait for a buffer the filler no longer takes back.
+        drop(free_rx);
         let panicked = |what| io::Error::other(format!("the slot {what} thread panicked"));
         let written = w.join().unwrap_or_else(|_| Err(panicked("writer")));
-        let digest = v.join().unwrap_or_else(|_| Err(panicked("read-back")));
+        let checked = v
+            .join()
+            .unwrap_or_else(|_| Err(StreamError::Slot(panicked("read-back"))));
         filled.map_err(StreamError::Source)?;
-        let written = written.map_err(StreamError::Slot)?;
-        let digest = digest.map_err(StreamError::Slot)?;
-        Ok((written, digest))
+        checked?;
+        written.map_err(StreamError::Slot)
     })
 }
 
@@ -415,9 +464,9 @@ mod tests {
         (0..len).map(|i| (i * 7 % 253) as u8 ^ 0x3C).collect()
     }
 
-    /// Every length around the block and buffer edges lands exactly, the rest
-    /// of the slot as it was, and the digest is the one of the payload: with
-    /// `O_DIRECT` and with the buffered stand-in.
+    /// Every length around the block and buffer edges lands exactly and the
+    /// rest of the slot stays as it was: with `O_DIRECT` and with the buffered
+    /// stand-in.
     #[test]
     fn round_trips_direct_and_buffered() {
         let dir = tempfile::tempdir().unwrap();
@@ -430,13 +479,66 @@ mod tests {
                 let data = pattern(len);
                 let mut dev = SlotDevice::new(&path);
                 dev.direct = direct;
-                let (n, digest) = write_and_read_back(&dev, &mut &data[..], &Quiet).unwrap();
+                let n = write_and_read_back(&dev, &mut &data[..], &Quiet).unwrap();
                 let what = format!("direct={direct} len={len}");
                 assert_eq!(n, len as u64, "{what}");
-                assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)), "{what}");
                 let after = std::fs::read(&path).unwrap();
                 assert!(after[..len] == data[..], "{what}: payload");
                 assert!(after[len..] == before[len..], "{what}: past the payload");
+            }
+        }
+    }
+
+    /// A byte the device returns other than written is found at its offset,
+    /// in the first range, a later one and the unaligned tail, with `O_DIRECT`
+    /// and buffered; the ranges after it are not compared as good.
+    #[test]
+    fn a_changed_byte_is_found_where_it_is() {
+        struct Corrupt<'a> {
+            path: &'a Path,
+            at: u64,
+            read_back: std::sync::atomic::AtomicU64,
+        }
+        impl StreamEvents for Corrupt<'_> {
+            fn written(&self, _: u64) {}
+            fn before_read_back(&self, off: u64, len: usize) {
+                if (off..off + len as u64).contains(&self.at) {
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(self.path)
+                        .unwrap();
+                    let mut b = [0u8];
+                    f.read_exact_at(&mut b, self.at).unwrap();
+                    f.write_all_at(&[!b[0]], self.at).unwrap();
+                }
+            }
+            fn read_back(&self, done: u64) {
+                self.read_back
+                    .store(done, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slot");
+        let len = 2 * CHUNK + 700;
+        let data = pattern(len);
+        for direct in [true, false] {
+            for at in [0, ALIGN as u64 + 3, CHUNK as u64 + 5, len as u64 - 1] {
+                std::fs::write(&path, vec![0u8; 3 * CHUNK]).unwrap();
+                let mut dev = SlotDevice::new(&path);
+                dev.direct = direct;
+                let ev = Corrupt {
+                    path: &path,
+                    at,
+                    read_back: Default::default(),
+                };
+                let what = format!("direct={direct} at={at}");
+                match write_and_read_back(&dev, &mut &data[..], &ev) {
+                    Err(StreamError::Mismatch { at: found }) => assert_eq!(found, at, "{what}"),
+                    other => panic!("{what}: expected a mismatch: {other:?}"),
+                }
+                let good = ev.read_back.load(std::sync::atomic::Ordering::SeqCst);
+                assert!(good <= at, "{what}: read back as good up to {good}");
             }
         }
     }

@@ -510,9 +510,9 @@ async fn a_second_install_while_one_runs_is_409_and_progress_is_live() {
     let u1 = u.clone();
     let first = tokio::spawn(async move { u1.install(body, None, false).await });
 
-    // The header and 4.5 MiB of the payload (one 4 MiB write), then wait.
+    // The header and one write buffer and an eighth of the payload, then wait.
     let head = 14 + manifest_len(&bytes) + 2 + 64 + 8;
-    let first_part = head + 4608 * 1024;
+    let first_part = head + keel_update::slot::CHUNK * 9 / 8;
     for chunk in bytes[..first_part].chunks(64 * 1024) {
         tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
     }
