@@ -115,15 +115,18 @@ impl Events {
     }
 
     /// Whether anything was announced since the last call (drained; a full queue
-    /// counts as a change: events were lost).
+    /// counts as a change: events were lost). At most `DRAIN_READS` reads: a source
+    /// that never runs dry (a directory written all the time) is a change, not a
+    /// request that never ends.
     fn changed(&self) -> bool {
         use nix::errno::Errno;
+        const DRAIN_READS: usize = 16;
         match self {
             Events::None => true,
             Events::Netlink(fd) => {
                 let mut buf = [0u8; 8192];
                 let mut changed = false;
-                loop {
+                for _ in 0..DRAIN_READS {
                     match nix::sys::socket::recv(
                         std::os::fd::AsRawFd::as_raw_fd(fd),
                         &mut buf,
@@ -136,10 +139,11 @@ impl Events {
                         Err(_) => return true,
                     }
                 }
+                true
             }
             Events::Files(inotify) => {
                 let mut changed = false;
-                loop {
+                for _ in 0..DRAIN_READS {
                     match inotify.read_events() {
                         Ok(events) if events.is_empty() => return changed,
                         Ok(_) => changed = true,
@@ -148,6 +152,7 @@ impl Events {
                         Err(_) => return true,
                     }
                 }
+                true
             }
         }
     }
