@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -68,6 +69,11 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
 #[derive(Clone)]
 pub struct Kernel {
     handle: Handle,
+    /// The kernel runs one dump per netlink socket and refuses a second with EBUSY
+    /// until the first is read out; the console's status reads, a change and the
+    /// periodic re-apply share this socket, so dumps take turns. Held from before the
+    /// request is sent (rtnetlink sends at `execute`) until its last message.
+    dumps: Arc<tokio::sync::Mutex<()>>,
     /// Write `/proc/sys/net` knobs (off where the caller's `/proc` is another namespace's).
     sysctl: bool,
 }
@@ -87,6 +93,7 @@ impl Kernel {
         Ok(Self {
             handle,
             sysctl: true,
+            dumps: Arc::default(),
         })
     }
 
@@ -112,6 +119,7 @@ impl Kernel {
         Ok(Self {
             handle,
             sysctl: false,
+            dumps: Arc::default(),
         })
     }
 
@@ -122,6 +130,7 @@ impl Kernel {
 
     /// Every link (sorted by index) and, of those, the VLANs with parent and ID.
     pub async fn inventory(&self) -> Result<(Vec<NetLink>, Vec<KernelVlan>), KernelError> {
+        let dump = self.dumps.lock().await;
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -130,6 +139,7 @@ impl Kernel {
             .try_collect()
             .await
             .map_err(nl("listing links"))?;
+        drop(dump);
         let addrs = self.addresses(None).await?;
         // (link, its IFLA_LINK parent index, VLAN ID, alias) while names are still unknown.
         let mut vlans: Vec<(u32, Option<u32>, u16, bool)> = Vec::new();
@@ -226,6 +236,7 @@ impl Kernel {
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
         }
+        let _dump = self.dumps.lock().await;
         let msgs: Vec<AddressMessage> = req
             .execute()
             .try_collect()
@@ -622,6 +633,7 @@ impl Kernel {
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
+            let _dump = self.dumps.lock().await;
             let mut v: Vec<RouteMessage> = self
                 .handle
                 .route()

@@ -648,3 +648,29 @@ fn bad_vlan_configs_are_refused_naming_the_field_and_change_nothing() {
     assert_eq!(ns.addresses("eth0"), ["10.0.0.2/24"]);
     assert!(ns.addresses("eth1").is_empty());
 }
+
+/// The console asks for status while a change applies and the periodic re-apply
+/// runs: several readers on one netlink socket at once. The kernel runs one dump per
+/// socket and refuses a second with EBUSY, which once failed a confirm.
+#[test]
+fn concurrent_readers_share_one_netlink_socket() {
+    need_netns!();
+    let ns = two_port_ns("dumps");
+    keel_netd::netns::run_in(&ns.path(), move || async move {
+        let kernel = Kernel::connect().unwrap();
+        let readers = (0..32).map(|i| {
+            let kernel = kernel.clone();
+            async move {
+                let links = kernel.links().await?;
+                if i % 2 == 0 {
+                    kernel.default_gateways(&links).await?;
+                }
+                Ok::<_, keel_netd::kernel::KernelError>(links.len())
+            }
+        });
+        for r in futures_util::future::join_all(readers).await {
+            assert!(r.unwrap() >= 3, "lo, eth0 and eth1");
+        }
+    })
+    .unwrap();
+}
