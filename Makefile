@@ -17,8 +17,9 @@ deps:
 PACKAGES := keel-console keelctl keel-reset keel-timed keel-netd keel-boot keel-bundle keel-update keel-failover
 export KEEL_BUILD_PACKAGES := $(PACKAGES)
 
+# scripts/cargo-release.sh: statically linked, in target/x86_64-unknown-linux-gnu/release.
 build: deps
-	$(CARGO) build --release --locked $(addprefix -p ,$(PACKAGES))
+	CARGO=$(CARGO) scripts/cargo-release.sh $(addprefix -p ,$(PACKAGES))
 
 image: build
 	image/build.sh

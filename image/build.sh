@@ -7,8 +7,8 @@
 # sources file): no mirror is named in this repository.
 #
 # Environment (all optional):
-#   KEEL_BIN_DIR        where the release binaries are (default $CARGO_TARGET_DIR/release,
-#                       else target/release)
+#   KEEL_BIN_DIR        where the release binaries are (default: where
+#                       scripts/cargo-release.sh puts them)
 #   KEEL_BUILD_DIR      output directory (default build)
 #   KEEL_OVERLAY_EXTRA  a second overlay laid over overlay/ (debugging only)
 #   KEEL_APT_SOURCES    deb822 sources file (default the host's debian.sources)
@@ -25,7 +25,7 @@ top=$PWD
 # shellcheck source=image/lib.sh
 . image/lib.sh
 version=$(<VERSION)
-bin_dir=$(realpath "${KEEL_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}")
+bin_dir=$(realpath "${KEEL_BIN_DIR:-$(scripts/cargo-release.sh --bin-dir)}")
 mkdir -p "${KEEL_BUILD_DIR:-build}"
 out=$(realpath "${KEEL_BUILD_DIR:-build}")
 extra=${KEEL_OVERLAY_EXTRA:+$(realpath "$KEEL_OVERLAY_EXTRA")}

@@ -59,7 +59,7 @@ dest=$(realpath "$dest")
 cd "$(dirname "$0")/.."
 # shellcheck source=image/lib.sh
 . image/lib.sh
-bin_dir=$(realpath "${KEEL_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}")
+bin_dir=$(realpath "${KEEL_BIN_DIR:-$(scripts/cargo-release.sh --bin-dir)}")
 out=$(realpath "${KEEL_BUILD_DIR:-build}")
 slot=$out/root.squashfs
 tool=$bin_dir/keel-bundle

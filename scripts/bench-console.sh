@@ -3,7 +3,7 @@
 # the same answer as a static file, both on this host's loopback, each pinned to the
 # same single core (taskset; nginx with worker_processes 1, the console's runtime
 # then starts one worker thread), the load generators pinned to another core:
-#   keel   - target/release/keel-console started with its path flags over a fresh
+#   keel   - the release keel-console started with its path flags over a fresh
 #            data dir, an admin made with the setup code through the API, then
 #            GET /appliance/api/v1/status with that session cookie
 #   nginx  - the same bytes (one answer of the console, saved) as a static file, the
@@ -49,11 +49,11 @@ nginx=$(command -v nginx || echo /usr/sbin/nginx)
 # Under `make bench` the Makefile's package set: the same feature unification as the
 # image's build, so nothing is rebuilt.
 read -ra packages <<<"${KEEL_BUILD_PACKAGES:-keel-console}"
-cargo build --release --locked -q "${packages[@]/#/--package=}"
+scripts/cargo-release.sh -q "${packages[@]/#/--package=}"
 work=$(mktemp -d /tmp/keel-bench-console.XXXXXX)
-# A copy: other builds may replace target/release while the bench runs.
+# A copy: other builds may replace the release binaries while the bench runs.
 console=$work/keel-console
-cp "${CARGO_TARGET_DIR:-target}/release/keel-console" "$console"
+cp "$(scripts/cargo-release.sh --bin-dir)/keel-console" "$console"
 
 console_pid=
 nginx_pid=

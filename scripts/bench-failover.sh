@@ -26,10 +26,9 @@ if ! command -v keepalived >/dev/null || ! command -v stress-ng >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq keepalived stress-ng >/dev/null
 fi
 
-target=${CARGO_TARGET_DIR:-target}
-bin=$target/release/keel-failover
+bin=$(scripts/cargo-release.sh --bin-dir)/keel-failover
 if [[ ! -x $bin || -n $(find services/keel-failover services/keel-api services/keel-core -newer "$bin" -name '*.rs' | head -1) ]]; then
-  cargo build --release --locked -p keel-failover >&2
+  scripts/cargo-release.sh -p keel-failover >&2
 fi
 bin=$(realpath "$bin")
 

@@ -16,10 +16,9 @@ n=${1:-20}
 [[ $(id -u) -eq 0 ]] || { echo "bench-net needs root (network namespaces)" >&2; exit 1; }
 for t in ip curl; do command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 
-target=${CARGO_TARGET_DIR:-target}
-bin=$target/release/keel-netd
+bin=$(scripts/cargo-release.sh --bin-dir)/keel-netd
 if [[ ! -x $bin || -n $(find services/keel-netd services/keel-api services/keel-core -newer "$bin" -name '*.rs' | head -1) ]]; then
-  cargo build --release --locked -p keel-netd >&2
+  scripts/cargo-release.sh -p keel-netd >&2
 fi
 
 ns=keel-bench-net-$$

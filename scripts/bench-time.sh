@@ -15,8 +15,8 @@ command -v chronyd >/dev/null || [[ -x /usr/sbin/chronyd ]] ||
   { echo "no chronyd: run scripts/deps.sh" >&2; exit 1; }
 chronyd=$(command -v chronyd || echo /usr/sbin/chronyd)
 
-cargo build --release --locked -q -p keel-timed
-timed=${CARGO_TARGET_DIR:-target}/release/keel-timed
+scripts/cargo-release.sh -q -p keel-timed
+timed=$(scripts/cargo-release.sh --bin-dir)/keel-timed
 
 work=$(mktemp -d /tmp/keel-bench-time.XXXXXX)
 pids=()

@@ -17,6 +17,6 @@ for f in build/keel.qcow2 build/root.squashfs; do
   [[ -e $f ]] || { echo "missing $f: run 'make image'" >&2; exit 1; }
 done
 target=${CARGO_TARGET_DIR:-target}
-[[ -x $target/release/keel-bundle ]] || cargo build --release --locked -q -p keel-bundle
+[[ -x $(scripts/cargo-release.sh --bin-dir)/keel-bundle ]] || scripts/cargo-release.sh -q -p keel-bundle
 cargo build --locked -q -p keel-qemu-tests --bin keel-bench
 exec "$target/debug/keel-bench" --update-downtime --json build/bench-update-downtime.json "$@"

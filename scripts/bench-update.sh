@@ -42,10 +42,9 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2
 fi
 
-target=${CARGO_TARGET_DIR:-target}
-upd=$target/release/keel-update
+upd=$(scripts/cargo-release.sh --bin-dir)/keel-update
 if [[ ! -x $upd ]]; then
-  cargo build --release --locked -p keel-update -p keelctl >&2
+  scripts/cargo-release.sh -p keel-update -p keelctl >&2
 fi
 
 work=$(mktemp -d /tmp/keel-bench-update.XXXXXX)

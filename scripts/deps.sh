@@ -5,6 +5,8 @@
 set -euo pipefail
 
 packages=(
+  # release binaries, statically linked (scripts/cargo-release.sh): glibc's libc.a
+  libc6-dev
   # image build
   mmdebstrap squashfs-tools grub-pc-bin grub-efi-amd64-bin grub-common
   dosfstools mtools fdisk e2fsprogs zstd xz-utils kmod

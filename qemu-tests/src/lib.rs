@@ -24,6 +24,16 @@ pub const POWEROFF_CEILING: Duration = Duration::from_secs(120);
 pub const READY_MARKER: &str = "KEEL-READY";
 pub const HEALTH_PATH: &str = "/appliance/api/v1/health";
 
+/// Where `make build` (scripts/cargo-release.sh) puts the release binaries.
+pub fn release_bin_dir() -> PathBuf {
+    let out = Command::new(workspace_root().join("scripts/cargo-release.sh"))
+        .arg("--bin-dir")
+        .output()
+        .expect("scripts/cargo-release.sh runs");
+    assert!(out.status.success(), "cargo-release.sh --bin-dir: {out:?}");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -13,8 +13,8 @@ use keel_qemu_tests::updates::{
     api, base_version, booted_into, make_bundle, outcome, status, wait_update_service,
 };
 use keel_qemu_tests::{
-    image_or_skip, json_get, json_post, set_up_admin, workspace_root, Firmware, Vm, BOOT_CEILING,
-    READY_MARKER,
+    image_or_skip, json_get, json_post, release_bin_dir, set_up_admin, workspace_root, Firmware,
+    Vm, BOOT_CEILING, READY_MARKER,
 };
 use serde_json::{json, Value};
 
@@ -24,15 +24,12 @@ const NEXT: &str = "0.1.1";
 /// keel-netd with `format-next`, copied out of the release build; the build's own
 /// keel-netd is restored right after (the image and other tests use that one).
 fn netd_format_next(dir: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
+    let bin_dir = release_bin_dir();
     // The Makefile's package set: the same feature unification as `make build`, so
     // only keel-netd is rebuilt (alone, its dependencies would be recompiled).
     let packages = std::env::var("KEEL_BUILD_PACKAGES").unwrap_or_else(|_| "keel-netd".into());
     let build = |features: &[&str]| {
-        let mut cmd = Command::new(&cargo);
+        let mut cmd = Command::new(workspace_root().join("scripts/cargo-release.sh"));
         // cargo test sets the test's package variables (CARGO_PKG_NAME, ...); ring's
         // build script declares rerun-if-env-changed on those, so passing them on
         // would rebuild ring and everything on it instead of keel-netd alone.
@@ -43,7 +40,6 @@ fn netd_format_next(dir: &Path) -> PathBuf {
         }
         let status = cmd
             .current_dir(workspace_root())
-            .args(["build", "--release", "--locked"])
             .args(packages.split_whitespace().flat_map(|p| ["-p", p]))
             .args(features)
             .status()
@@ -55,9 +51,9 @@ fn netd_format_next(dir: &Path) -> PathBuf {
     };
     build(&["--features", "keel-netd/format-next"]);
     let out = dir.join("keel-netd");
-    std::fs::copy(target.join("release/keel-netd"), &out).unwrap();
+    std::fs::copy(bin_dir.join("keel-netd"), &out).unwrap();
     build(&[]);
-    let restored = std::fs::read(target.join("release/keel-netd")).unwrap();
+    let restored = std::fs::read(bin_dir.join("keel-netd")).unwrap();
     assert_ne!(
         restored,
         std::fs::read(&out).unwrap(),

@@ -23,8 +23,8 @@ use keel_qemu_tests::updates::{
     api, base_version, booted_into, make_app_bundle, make_bundle, outcome, status, upload,
 };
 use keel_qemu_tests::{
-    ca_and_leaf, image_or_skip, json_post, set_up_admin, workspace_root, CaKey, Firmware, Vm,
-    BOOT_CEILING, READY_MARKER,
+    ca_and_leaf, image_or_skip, json_post, release_bin_dir, set_up_admin, workspace_root, CaKey,
+    Firmware, Vm, BOOT_CEILING, READY_MARKER,
 };
 use serde_json::{json, Value};
 use tinyproxy::Tinyproxy;
@@ -44,7 +44,7 @@ impl Drop for Killed {
 }
 
 fn release_tool() -> PathBuf {
-    workspace_root().join("target/release/keel-bundle")
+    release_bin_dir().join("keel-bundle")
 }
 
 /// A CA and a server certificate for 127.0.0.1 (the proxy connects to its own

@@ -973,8 +973,24 @@ async fn open_tty(path: &Path) -> std::fs::File {
     }
 }
 
-/// The menu on terminal `tty` until the terminal ends (then an error: systemd
-/// starts the menu again). `state_dir` outlives restarts of the menu (but not a boot).
+/// The menu on terminal `tty` for as long as the process runs: when the terminal
+/// ends (end of input, hangup) it is opened again after [`RESTART_DELAY`], without
+/// touching the menus on other terminals of the same process.
+pub async fn serve(console: Client, netd: Client, tty: PathBuf, state_dir: Option<PathBuf>) {
+    loop {
+        if let Err(e) = run(console.clone(), netd.clone(), &tty, state_dir.as_deref()).await {
+            eprintln!("{}: {e:#}; starting the menu again", tty.display());
+        }
+        tokio::time::sleep(RESTART_DELAY).await;
+    }
+}
+
+/// Between a terminal's menu ending and its start again (a hung-up serial line
+/// must not spin).
+const RESTART_DELAY: Duration = Duration::from_secs(2);
+
+/// The menu on terminal `tty` until the terminal ends (then an error). `state_dir`
+/// outlives restarts of the menu (but not a boot).
 pub async fn run(
     console: Client,
     netd: Client,
@@ -995,12 +1011,17 @@ pub async fn run(
     let serial = tty
         .file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with("ttyS"));
-    tokio::spawn(watch_banner(
+    // One note per terminal: several menus share the state directory.
+    let ready_file = tty
+        .file_name()
+        .zip(state_dir)
+        .map(|(n, d)| d.join(format!("ready-announced.{}", n.to_string_lossy())));
+    let watcher = tokio::spawn(watch_banner(
         console.clone(),
         out.clone(),
         shown.clone(),
         serial,
-        state_dir.map(|d| d.join("ready-announced")),
+        ready_file,
     ));
     let actions = Live {
         console,
@@ -1014,9 +1035,11 @@ pub async fn run(
     });
     // The dialog blocks on the terminal; its socket calls run on this runtime, which
     // this thread keeps driving while it waits.
-    tokio::task::spawn_blocking(move || Menu::new(actions, reader, out, &name).run())
-        .await
-        .context("the menu thread")??;
+    let ended =
+        tokio::task::spawn_blocking(move || Menu::new(actions, reader, out, &name).run()).await;
+    // The next start of this terminal's menu watches the banner anew.
+    watcher.abort();
+    ended.context("the menu thread")??;
     Err(anyhow!("the menu ended"))
 }
 
