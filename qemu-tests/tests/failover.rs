@@ -496,6 +496,21 @@ async fn failover_pair_syncs_and_takes_over() {
         "B took over while A lives"
     );
     eprintln!("synced after {:?}", t0.elapsed());
+    // For the README's memory figures (not asserted: RSS right after a sync is no
+    // idle figure): the keel processes of a paired node, keel-failover among them.
+    for (name, node) in [("A", &a), ("B", &b)] {
+        let status = node.get("/status").await;
+        let procs = status["processes"].as_array().cloned().unwrap_or_default();
+        let kib: u64 = procs.iter().filter_map(|p| p["rss_kib"].as_u64()).sum();
+        let each: Vec<String> = procs
+            .iter()
+            .map(|p| format!("{} {}", p["name"].as_str().unwrap_or("?"), p["rss_kib"]))
+            .collect();
+        eprintln!(
+            "{name} paired, RSS of keel processes: {kib} KiB ({})",
+            each.join(", ")
+        );
+    }
 
     // --- A's power cut: B takes over and serves the console on the shared IP -------
     a.vm.kill();

@@ -1,7 +1,9 @@
 //! Failover pair (keel-failover): the local API (`GET /status`, `GET|PUT /psk`,
 //! `POST /psk/generate`, `POST /establish`, `POST /sync`, `POST /become-primary`,
-//! `POST /break`, `POST /auto-takeover`), used by the console's *Failover* page and
-//! `keelctl failover`.
+//! `POST /break`, `POST /auto-takeover`, `GET|PUT /dns`), used by the console's
+//! *Failover* page and `keelctl failover`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +130,61 @@ pub struct FailoverOverview {
     pub peer: Option<FailoverPeer>,
     pub engine: Option<FailoverStatus>,
     pub last_sync: Option<SyncReport>,
+    /// Where the DNS swing server answers now (`ip:port`, UDP and TCP); empty
+    /// while it is off or no takeover engine runs (it follows the engine).
+    #[serde(default)]
+    pub dns_listening: Vec<String>,
+}
+
+/// Whether the DNS swing server answers, and when it does not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsSwingServer<'a> {
+    /// Answering on these `ip:port` (UDP and TCP).
+    Answering(&'a [String]),
+    /// Turned off: nothing answers DNS.
+    Off,
+    /// On, but the server runs while the takeover engine does (once paired).
+    WaitingForEngine,
+    /// On with an engine running, yet not answering: it stopped (the log says why).
+    Stopped,
+}
+
+impl DnsSwingServer<'_> {
+    /// Why it does not answer although it is on; `None` when answering or off.
+    pub fn silent_because(&self) -> Option<&'static str> {
+        match self {
+            Self::Answering(_) | Self::Off => None,
+            Self::WaitingForEngine => Some(
+                "the server runs while the takeover engine does, i.e. once a relationship \
+                 is established",
+            ),
+            Self::Stopped => Some("the server stopped; keel-failover's log says why"),
+        }
+    }
+}
+
+impl FailoverOverview {
+    /// The DNS swing server's state under `settings` (this node's).
+    pub fn dns_server(&self, settings: &DnsSwingSettings) -> DnsSwingServer<'_> {
+        if !self.dns_listening.is_empty() {
+            DnsSwingServer::Answering(&self.dns_listening)
+        } else if !settings.enabled {
+            DnsSwingServer::Off
+        } else if self.engine.is_none() {
+            DnsSwingServer::WaitingForEngine
+        } else {
+            DnsSwingServer::Stopped
+        }
+    }
+}
+
+/// A list as an admin types it into a form field or a flag: comma or whitespace
+/// separated, empty items dropped.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Body of `POST /establish`, given on the node that becomes primary (A).
@@ -154,4 +211,100 @@ pub struct EstablishRequest {
 #[serde(deny_unknown_fields)]
 pub struct PskBody {
     pub psk: String,
+}
+
+/// TTL of the DNS swing answers when none is given, seconds.
+pub const DNS_SWING_DEFAULT_TTL: u32 = 5;
+
+/// Where the DNS swing server listens when nothing is given: both wildcards, port 53.
+pub fn dns_swing_default_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 53)),
+    ]
+}
+
+fn dns_swing_default_ttl() -> u32 {
+    DNS_SWING_DEFAULT_TTL
+}
+
+/// The DNS swing settings (node-local, never synced): keel-failover's `GET|PUT /dns`
+/// and `dns.json`, the console's `/appliance/api/v1/failover/dns`, `keelctl failover
+/// dns`. This is the plain form: keel-failover's `dns::DnsConfig` is it checked
+/// (names, addresses, TTL range, what serving needs) and refuses what is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DnsSwingSettings {
+    /// Nothing is bound while false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The site hostname, e.g. `portal.example.com` (stored lowercase, no final dot).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where to answer, UDP and TCP on each: `ip:port`, one or a list.
+    #[serde(default = "dns_swing_default_listen", deserialize_with = "one_or_many")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub listen: Vec<SocketAddr>,
+    /// TTL of the A/AAAA answers and of negative answers, 1-300 s.
+    #[serde(default = "dns_swing_default_ttl")]
+    pub ttl: u32,
+    /// What this node publishes while it is primary (1-8 IPv4/IPv6 addresses).
+    #[serde(default, deserialize_with = "one_or_many")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub this_node: Vec<IpAddr>,
+    /// What the peer publishes while it is primary.
+    #[serde(default, deserialize_with = "one_or_many")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub peer_node: Vec<IpAddr>,
+    /// The names the parent zone's NS records give the two appliances (1-4,
+    /// outside `name`): the zone's own NS set.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub nameservers: Vec<String>,
+}
+
+impl Default for DnsSwingSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            name: None,
+            listen: dns_swing_default_listen(),
+            ttl: DNS_SWING_DEFAULT_TTL,
+            this_node: Vec::new(),
+            peer_node: Vec::new(),
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+/// Accepts one value or a list, each parsed from its string form (`"[::]:53"`,
+/// `"192.0.2.1"`); the error names the item.
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    let parse = |i: Option<usize>, s: &str| {
+        s.parse::<T>().map_err(|e| {
+            let at = i.map(|i| format!("[{i}] ")).unwrap_or_default();
+            serde::de::Error::custom(format!("{at}{s:?}: {e}"))
+        })
+    };
+    match Form::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))?
+    {
+        Form::One(s) => Ok(vec![parse(None, &s)?]),
+        Form::Many(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse(Some(i), s))
+            .collect(),
+    }
 }

@@ -137,6 +137,15 @@ const ACTIONS: &[(&str, &str)] = &[
     ("/support/updates/install-all", "update.install-all"),
     ("/update/download-key", "update.download-key"),
     ("/support/updates/download-key", "update.download-key"),
+    ("/failover/establish", "failover.establish"),
+    ("/failover/sync", "failover.sync"),
+    ("/failover/become-primary", "failover.become-primary"),
+    ("/failover/break", "failover.break"),
+    ("/failover/auto-takeover", "failover.auto-takeover"),
+    ("/failover/dns", "failover.dns.set"),
+    ("/failover/psk", "failover.key.set"),
+    ("/security/failover-key", "failover.key.set"),
+    ("/failover/psk/generate", "failover.key.generate"),
 ];
 
 /// The action's name and target (the route's parameters, e.g. a certificate's id).

@@ -5,7 +5,9 @@
 //! refusals with their status and message.
 //!
 //! On a backup the pages whose settings come from the primary's sync say so
-//! ([`managed_by`]) instead of offering their forms.
+//! ([`managed_by`]) instead of offering their forms. DNS swing settings are
+//! node-local (keel-failover's `dns.json`, never in a sync): its form is offered
+//! on both nodes.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +18,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Json;
 use keel_api::{
-    AutoTakeoverRequest, EstablishRequest, FailoverOverview, FailoverRole, PskBody, SyncReport,
+    split_list, AutoTakeoverRequest, DnsSwingSettings, EstablishRequest, FailoverOverview,
+    FailoverRole, PskBody, SyncReport,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -320,6 +323,8 @@ struct FailoverPage {
     action_error: Option<String>,
     /// The break button was pressed once: ask again.
     confirm_break: bool,
+    /// The *DNS swing* section (`None` while keel-failover is not answering).
+    dns: Option<DnsView>,
 }
 
 impl FailoverPage {
@@ -415,6 +420,8 @@ struct PageOpts {
     /// The establish form as submitted (else pre-filled).
     establish: Option<EstablishForm>,
     confirm_break: bool,
+    /// The DNS swing form as submitted (else from the settings).
+    dns: Option<DnsForm>,
 }
 
 async fn page(status: StatusCode, csrf: String, opts: PageOpts) -> Response {
@@ -430,6 +437,14 @@ async fn page(status: StatusCode, csrf: String, opts: PageOpts) -> Response {
         // Only an unpaired node offers the form: read netd only then.
         None if o.is_some() && !paired => prefilled().await,
         None => EstablishForm::default(),
+    };
+    let dns = match &o {
+        Some(o) => Some(dns_view(
+            call::<(), _>("GET", "/dns", None, CALL_LIMIT).await,
+            o,
+            opts.dns,
+        )),
+        None => None,
     };
     let page = FailoverPage {
         csrf,
@@ -448,6 +463,7 @@ async fn page(status: StatusCode, csrf: String, opts: PageOpts) -> Response {
         establish,
         action_error: opts.action_error,
         confirm_break: opts.confirm_break,
+        dns,
     };
     render(status, page)
 }
@@ -508,12 +524,14 @@ where
 /// A failover form's outcome on the Failover page.
 async fn on_page(csrf: String, opts: PageOpts) -> Response {
     // The page carries the error text; the status says whether it worked.
-    let status =
-        if opts.action_error.is_some() || opts.establish.as_ref().is_some_and(|f| f.has_error()) {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        };
+    let status = if opts.action_error.is_some()
+        || opts.establish.as_ref().is_some_and(|f| f.has_error())
+        || opts.dns.as_ref().is_some_and(|f| f.has_error())
+    {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
     page(status, csrf, opts).await
 }
 
@@ -820,6 +838,277 @@ async fn auto_takeover_submit(
     .await
 }
 
+// ---- DNS swing: JSON API and the form on the Failover page --------------------------
+
+#[utoipa::path(get, path = "/appliance/api/v1/failover/dns", tag = "failover",
+    operation_id = "failover_api_dns",
+    summary = "DNS swing: the settings (node-local; the overview's `dns_listening` says where it answers)",
+    responses((status = 200, body = DnsSwingSettings), (status = 401), (status = 503, description = "keel-failover not running")),
+    security(("session" = []), ("token" = [])))]
+async fn api_dns(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<DnsSwingSettings>, ApiError> {
+    st.session(&headers).ok_or_else(ApiError::unauthorized)?;
+    call::<(), _>("GET", "/dns", None, CALL_LIMIT)
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(put, path = "/appliance/api/v1/failover/dns", tag = "failover",
+    operation_id = "failover_api_put_dns",
+    summary = "DNS swing: replace the settings",
+    description = "keel-failover checks them (the error names the field: `ttl: 0 s: 1-300 s ...`) and, \
+        while its engine runs, rebinds the server at once; settings whose server cannot bind \
+        are refused (`dns: ...`) and the old ones stay.",
+    request_body = DnsSwingSettings,
+    responses((status = 200, body = DnsSwingSettings),
+        (status = 400, description = "A bad name, address, TTL or listen address, or a server that cannot bind"),
+        (status = 401), (status = 403), (status = 503, description = "keel-failover not running")),
+    security(("session" = [], "csrf" = []), ("token" = [])))]
+async fn api_put_dns(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    // Forwarded as given: keel-failover parses and checks it, and its refusal
+    // names the field.
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Json<DnsSwingSettings>, ApiError> {
+    st.api_session_for_change(&headers)?;
+    call("PUT", "/dns", Some(&body), CALL_LIMIT).await.map(Json)
+}
+
+/// The fields of the *DNS swing* form, in page order.
+const DNS_FIELDS: [&str; 6] = [
+    "name",
+    "ttl",
+    "this_node",
+    "peer_node",
+    "nameservers",
+    "listen",
+];
+
+/// The *DNS swing* form: as submitted (kept when refused), or from the settings.
+/// Lists are text the admin types, comma or whitespace separated.
+#[derive(Default)]
+pub struct DnsForm {
+    pub enabled: bool,
+    pub name: String,
+    pub ttl: String,
+    pub this_node: String,
+    pub peer_node: String,
+    pub nameservers: String,
+    pub listen: String,
+    /// (field, refusal) for the field a refusal names; `error` for the rest.
+    pub field_errors: Vec<(&'static str, String)>,
+    pub error: Option<String>,
+}
+
+fn joined<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl DnsForm {
+    fn of(s: &DnsSwingSettings) -> Self {
+        Self {
+            enabled: s.enabled,
+            name: s.name.clone().unwrap_or_default(),
+            ttl: s.ttl.to_string(),
+            this_node: joined(&s.this_node),
+            peer_node: joined(&s.peer_node),
+            nameservers: joined(&s.nameservers),
+            listen: joined(&s.listen),
+            ..Self::default()
+        }
+    }
+
+    /// The refusal of `field`, empty when there is none (for the template).
+    pub fn problem(&self, field: &str) -> &str {
+        self.field_errors
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or("", |(_, m)| m.as_str())
+    }
+
+    fn has_error(&self) -> bool {
+        self.error.is_some() || !self.field_errors.is_empty()
+    }
+
+    /// Puts keel-failover's refusal beside the field it names: its messages start
+    /// with it (`ttl: ...`, `this_node[1]: ...`, `listen: [0] ...`, or for a server
+    /// that cannot bind `dns: listen 192.0.2.1:53 (udp): ...`).
+    fn refused(&mut self, message: String) {
+        let rest = message.strip_prefix("dns: ").unwrap_or(&message);
+        let head: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        match DNS_FIELDS.iter().find(|f| **f == head) {
+            Some(f) => self.field_errors.push((f, message)),
+            None => self.error = Some(message),
+        }
+    }
+
+    /// The request for keel-failover, built from the text as typed: it parses and
+    /// checks every value (one set of rules and messages), except the TTL, which
+    /// must be a number to travel as one. An empty TTL or listen list takes
+    /// keel-failover's default (5 s; port 53 on every address). Err: (field, refusal).
+    fn request(&self) -> Result<serde_json::Value, (&'static str, String)> {
+        let mut v = serde_json::json!({
+            "enabled": self.enabled,
+            "name": Some(self.name.as_str()).filter(|n| !n.is_empty()),
+            "this_node": split_list(&self.this_node),
+            "peer_node": split_list(&self.peer_node),
+            "nameservers": split_list(&self.nameservers),
+        });
+        if !self.ttl.is_empty() {
+            let ttl: u32 = self.ttl.parse().map_err(|_| {
+                (
+                    "ttl",
+                    format!("ttl: {:?} is not a number of seconds (1-300)", self.ttl),
+                )
+            })?;
+            v["ttl"] = ttl.into();
+        }
+        let listen = split_list(&self.listen);
+        if !listen.is_empty() {
+            v["listen"] = listen.into();
+        }
+        Ok(v)
+    }
+}
+
+/// The *DNS swing* section: the settings, whether the server answers, the form.
+pub struct DnsView {
+    /// Why the settings could not be read (the section shows no form then).
+    pub unreadable: Option<String>,
+    pub enabled: bool,
+    /// Where the server answers now; empty: not answering.
+    pub listening: String,
+    /// Why it does not answer although it is on.
+    pub silent_because: Option<&'static str>,
+    pub form: DnsForm,
+}
+
+fn dns_view(
+    settings: Result<DnsSwingSettings, ApiError>,
+    o: &FailoverOverview,
+    form: Option<DnsForm>,
+) -> DnsView {
+    let s = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            return DnsView {
+                unreadable: Some(e.message),
+                enabled: false,
+                listening: String::new(),
+                silent_because: None,
+                form: form.unwrap_or_default(),
+            }
+        }
+    };
+    let silent_because = o.dns_server(&s).silent_because();
+    DnsView {
+        unreadable: None,
+        enabled: s.enabled,
+        listening: o.dns_listening.join(", "),
+        silent_because,
+        form: form.unwrap_or_else(|| DnsForm::of(&s)),
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct DnsFields {
+    #[serde(default)]
+    csrf: String,
+    /// The checkbox: present turns DNS swing on, absent off.
+    #[serde(default)]
+    enabled: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    ttl: String,
+    /// This node's addresses, comma or whitespace separated.
+    #[serde(default)]
+    this_node: String,
+    #[serde(default)]
+    peer_node: String,
+    #[serde(default)]
+    nameservers: String,
+    /// `ip:port` list; empty: port 53 on every address.
+    #[serde(default)]
+    listen: String,
+}
+
+#[utoipa::path(post, path = "/appliance/failover/dns", tag = "forms",
+    operation_id = "failover_dns_submit",
+    summary = "Failover: DNS swing settings",
+    description = "Refusals stand beside the field they are about, the input kept.",
+    request_body(content = DnsFields, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The Failover page with the outcome", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the login page"),
+        (status = 403, description = "Form expired or from another site, or the role may not change anything"),
+        (status = 422, description = "The page with the refusal and the input", content_type = "text/html", body = String)),
+    security(("session" = [], "form_csrf" = [])))]
+async fn dns_submit(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<DnsFields>,
+) -> Response {
+    let mut form = DnsForm {
+        enabled: f.enabled.is_some(),
+        name: f.name.trim().to_owned(),
+        ttl: f.ttl.trim().to_owned(),
+        this_node: f.this_node.trim().to_owned(),
+        peer_node: f.peer_node.trim().to_owned(),
+        nameservers: f.nameservers.trim().to_owned(),
+        listen: f.listen.trim().to_owned(),
+        ..DnsForm::default()
+    };
+    form_action(
+        &st,
+        &headers,
+        &f.csrf,
+        async {
+            let req = match form.request() {
+                Ok(req) => req,
+                Err(refusal) => {
+                    form.field_errors.push(refusal);
+                    return PageOpts {
+                        dns: Some(form),
+                        ..PageOpts::default()
+                    };
+                }
+            };
+            match call::<_, DnsSwingSettings>("PUT", "/dns", Some(&req), CALL_LIMIT).await {
+                Ok(s) => PageOpts {
+                    notice: Some(if s.enabled {
+                        format!(
+                            "DNS swing is on for {}.",
+                            s.name.as_deref().unwrap_or_default()
+                        )
+                    } else {
+                        "DNS swing is off: nothing answers DNS here.".into()
+                    }),
+                    ..PageOpts::default()
+                },
+                Err(e) => {
+                    form.refused(e.message);
+                    PageOpts {
+                        dns: Some(form),
+                        ..PageOpts::default()
+                    }
+                }
+            }
+        },
+        on_page,
+    )
+    .await
+}
+
 // ---- HTML: Security › Inter-appliance key -----------------------------------------
 
 #[derive(Template)]
@@ -994,6 +1283,8 @@ pub fn router() -> OpenApiRouter<Shared> {
         .routes(routes!(become_primary_submit))
         .routes(routes!(break_submit))
         .routes(routes!(auto_takeover_submit))
+        .routes(routes!(api_dns, api_put_dns))
+        .routes(routes!(dns_submit))
         .routes(routes!(key_html, key_submit))
         .routes(routes!(key_generate_submit))
 }
@@ -1037,6 +1328,7 @@ mod tests {
                 items: vec!["console users".into()],
                 error: Some("the certificate did not verify".into()),
             }),
+            dns_listening: vec![],
         }
     }
 
@@ -1055,6 +1347,7 @@ mod tests {
             establish: EstablishForm::default(),
             action_error: None,
             confirm_break,
+            dns: None,
         }
         .render()
         .unwrap()
@@ -1102,6 +1395,58 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("Backup of"), "{html}");
+    }
+
+    #[test]
+    fn dns_refusals_go_beside_their_field_and_a_backup_edits_its_own() {
+        let mut f = DnsForm::default();
+        f.refused("dns: listen 10.77.0.250:5353 (udp): Cannot assign requested address".into());
+        f.refused("this_node[1]: 127.0.0.1 cannot be published".into());
+        f.refused("listen2: odd".into());
+        assert!(f.problem("listen").contains("10.77.0.250"));
+        assert!(f.problem("this_node").contains("127.0.0.1"));
+        assert_eq!(f.problem("ttl"), "");
+        assert_eq!(f.error.as_deref(), Some("listen2: odd"));
+        // Node-local settings: a backup shows the form, and says why.
+        let o = backup();
+        let s = DnsSwingSettings {
+            enabled: true,
+            ..DnsSwingSettings::default()
+        };
+        let mut page = FailoverPage {
+            csrf: "tok".into(),
+            error: None,
+            notice: None,
+            unavailable: None,
+            pair_port: o.pair_port,
+            fingerprint: o.fingerprint.clone(),
+            peer: o.peer.clone(),
+            backup_of: backup_of(&o),
+            engine: o.engine.as_ref().map(engine_view),
+            last_sync: None,
+            establish: EstablishForm::default(),
+            action_error: None,
+            confirm_break: false,
+            dns: Some(dns_view(Ok(s), &o, None)),
+        };
+        let html = page.render().unwrap();
+        assert!(
+            html.contains("action=\"/appliance/failover/dns\""),
+            "{html}"
+        );
+        assert!(html.contains("set here, on the backup, too"), "{html}");
+        assert!(html.contains("not answering: the server stopped"), "{html}");
+        page.dns = Some(dns_view(
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "broken")),
+            &o,
+            None,
+        ));
+        let html = page.render().unwrap();
+        assert!(html.contains("could not be read: broken"), "{html}");
+        assert!(
+            !html.contains("action=\"/appliance/failover/dns\""),
+            "{html}"
+        );
     }
 
     #[test]

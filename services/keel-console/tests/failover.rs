@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::csrf_of;
-use keel_api::{FailoverOverview, PskBody};
+use keel_api::{DnsSwingSettings, FailoverOverview, PskBody};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -142,6 +142,7 @@ fn api_changes() -> Vec<(&'static str, &'static str, Value)> {
         ("POST", "/auto-takeover", json!({"enabled": false})),
         ("PUT", "/psk", json!({"psk": base64_key(7)})),
         ("POST", "/psk/generate", json!({})),
+        ("PUT", "/dns", json!({"enabled": false, "ttl": 60})),
     ]
 }
 
@@ -151,7 +152,7 @@ fn base64_key(fill: u8) -> String {
 }
 
 /// The HTML form routes.
-const FORMS: [&str; 7] = [
+const FORMS: [&str; 8] = [
     "/appliance/failover/establish",
     "/appliance/failover/sync",
     "/appliance/failover/become-primary",
@@ -159,6 +160,7 @@ const FORMS: [&str; 7] = [
     "/appliance/failover/auto-takeover",
     "/appliance/security/failover-key",
     "/appliance/security/failover-key/generate",
+    "/appliance/failover/dns",
 ];
 
 /// One test: the failover socket location is process-wide.
@@ -361,6 +363,11 @@ async fn failover_page_api_and_key() {
     );
     let (_, body) = get_json(&http, &api("")).await;
     assert!(body["peer"].is_null(), "{body}");
+    let (_, body) = get_json(&http, &api("/dns")).await;
+    assert_eq!(
+        body["enabled"], false,
+        "a refused request changed DNS swing: {body}"
+    );
 
     // Establish with a malformed peer address: a clear error, nothing paired.
     let r = http
@@ -453,5 +460,263 @@ async fn failover_page_api_and_key() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<PskBody>().await.unwrap().psk, good);
 
+    dns_swing(&http, &served, &csrf).await;
+
     drop(daemon);
+}
+
+/// The text of the element with `id` (up to its first tag), e.g. an error beside
+/// its field; `None` when the page has none.
+fn text_of<'a>(page: &'a str, id: &str) -> Option<&'a str> {
+    let rest = page.split(&format!("id=\"{id}\"")).nth(1)?;
+    Some(rest.split_once('>')?.1.split('<').next().unwrap_or(""))
+}
+
+/// DNS swing through the JSON API and the Failover page's form, against the
+/// unpaired daemon: settings stored and read back, refusals with keel-failover's
+/// reason and nothing changed, the refused form keeps the input, every change in
+/// the audit log. Unpaired, no takeover engine runs and so no DNS server either
+/// (keel-failover binds it with the engine): the page and the overview say it is
+/// not answering, and the port stays free.
+async fn dns_swing(http: &reqwest::Client, served: &common::Served, csrf: &str) {
+    let api = served.url("/appliance/api/v1/failover/dns");
+    let (status, body) = get_json(http, &api).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let off: DnsSwingSettings = serde_json::from_value(body).unwrap();
+    assert_eq!(off, DnsSwingSettings::default());
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let on = json!({
+        "enabled": true, "name": "Portal.Example.TEST.", "listen": [listen], "ttl": 7,
+        "this_node": ["192.0.2.10"], "peer_node": ["198.51.100.20", "2001:db8::20"],
+        "nameservers": ["ns-a.example.net", "ns-b.example.net"],
+    });
+    let r = http
+        .put(&api)
+        .header("x-csrf-token", csrf)
+        .json(&on)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set: DnsSwingSettings = r.json().await.unwrap();
+    assert_eq!(set.name.as_deref(), Some("portal.example.test"), "{set:?}");
+    assert_eq!(set.listen, [listen.parse().unwrap()]);
+    let (_, body) = get_json(http, &api).await;
+    assert_eq!(
+        serde_json::from_value::<DnsSwingSettings>(body).unwrap(),
+        set
+    );
+
+    // Refused with keel-failover's status and reason; the stored settings stay.
+    for (field, value, reason) in [
+        ("ttl", json!(0), "ttl: 0 s: 1-300 s"),
+        (
+            "name",
+            json!("bad_name.example"),
+            "name: \"bad_name.example\" is not a DNS hostname",
+        ),
+        (
+            "this_node",
+            json!(["127.0.0.1"]),
+            "this_node[0]: 127.0.0.1 cannot be published",
+        ),
+        (
+            "listen",
+            json!(["nope"]),
+            "listen: [0] \"nope\": invalid socket address",
+        ),
+    ] {
+        let mut bad = on.clone();
+        bad[field] = value;
+        let r = http
+            .put(&api)
+            .header("x-csrf-token", csrf)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{field}");
+        let body: Value = r.json().await.unwrap();
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.starts_with(reason), "{field}: {msg}");
+        let (_, body) = get_json(http, &api).await;
+        assert_eq!(
+            serde_json::from_value::<DnsSwingSettings>(body).unwrap(),
+            set
+        );
+    }
+
+    // The page shows the settings in the form and that nothing answers yet.
+    let (_, o) = get_json(http, &served.url("/appliance/api/v1/failover")).await;
+    assert_eq!(o["dns_listening"], json!([]), "{o}");
+    std::net::UdpSocket::bind(("127.0.0.1", port)).expect("no DNS server unpaired");
+    let page = common::page(http, &served.url("/appliance/failover")).await;
+    assert!(page.contains("id=\"dns-swing\""), "{page}");
+    assert!(page.contains("this node's own"), "{page}");
+    assert!(
+        text_of(&page, "dns-answering")
+            .unwrap()
+            .contains("not answering: the server runs while the takeover engine does"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"portal.example.test\""), "{page}");
+    assert!(
+        page.contains("value=\"198.51.100.20, 2001:db8::20\""),
+        "{page}"
+    );
+    assert!(page.contains(&format!("value=\"{listen}\"")), "{page}");
+    assert!(
+        page.contains("name=\"enabled\" value=\"1\" checked> Answer DNS"),
+        "{page}"
+    );
+
+    // The form: lists comma or whitespace separated; the change is stored.
+    let form_csrf = csrf_of(&page);
+    let fields = |ttl: &'static str, this_node: &'static str| {
+        vec![
+            ("csrf", form_csrf.clone()),
+            ("enabled", "1".to_owned()),
+            ("name", "portal.example.test".to_owned()),
+            ("ttl", ttl.to_owned()),
+            ("this_node", this_node.to_owned()),
+            ("peer_node", "198.51.100.20".to_owned()),
+            (
+                "nameservers",
+                "ns-a.example.net ns-b.example.net".to_owned(),
+            ),
+            ("listen", listen.clone()),
+        ]
+    };
+    let r = http
+        .post(served.url("/appliance/failover/dns"))
+        .form(&fields("20", "192.0.2.11, 192.0.2.12"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("DNS swing is on for portal.example.test."),
+        "{page}"
+    );
+    let (_, body) = get_json(http, &api).await;
+    let changed: DnsSwingSettings = serde_json::from_value(body).unwrap();
+    assert_eq!(changed.ttl, 20);
+    assert_eq!(
+        changed.this_node,
+        [
+            "192.0.2.11".parse::<std::net::IpAddr>().unwrap(),
+            "192.0.2.12".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        changed.peer_node,
+        ["198.51.100.20".parse::<std::net::IpAddr>().unwrap()]
+    );
+
+    // Refused in the form: the reason beside its field, every input kept as
+    // typed, nothing stored.
+    for (ttl, this_node, error_id, reason) in [
+        (
+            "0",
+            "192.0.2.13 192.0.2.14",
+            "dns-ttl-error",
+            "ttl: 0 s: 1-300 s",
+        ),
+        (
+            "abc",
+            "192.0.2.13 192.0.2.14",
+            "dns-ttl-error",
+            "is not a number of seconds",
+        ),
+        (
+            "30",
+            "192.0.2.13 300.1.1.1",
+            "dns-this-node-error",
+            "300.1.1.1",
+        ),
+    ] {
+        let r = http
+            .post(served.url("/appliance/failover/dns"))
+            .form(&fields(ttl, this_node))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{ttl} {this_node}"
+        );
+        let page = r.text().await.unwrap();
+        let err = text_of(&page, error_id).unwrap_or_else(|| panic!("no {error_id}:\n{page}"));
+        assert!(err.contains(reason), "{err}");
+        let field_at = page
+            .find(&format!("id=\"{}\"", error_id.trim_end_matches("-error")))
+            .unwrap();
+        assert!(
+            page.find(&format!("id=\"{error_id}\"")).unwrap() > field_at,
+            "{page}"
+        );
+        assert!(page.contains(&format!("value=\"{ttl}\"")), "{page}");
+        assert!(page.contains(&format!("value=\"{this_node}\"")), "{page}");
+        assert!(
+            page.contains("value=\"ns-a.example.net ns-b.example.net\""),
+            "{page}"
+        );
+        let (_, body) = get_json(http, &api).await;
+        assert_eq!(
+            serde_json::from_value::<DnsSwingSettings>(body).unwrap(),
+            changed
+        );
+    }
+
+    // Off through the form (no checkbox): stored, the rest kept.
+    let mut off_fields = fields("20", "192.0.2.11, 192.0.2.12");
+    off_fields.retain(|(k, _)| *k != "enabled");
+    let r = http
+        .post(served.url("/appliance/failover/dns"))
+        .form(&off_fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("DNS swing is off"), "{page}");
+    assert!(
+        text_of(&page, "dns-answering")
+            .unwrap()
+            .contains("not answering (off)"),
+        "{page}"
+    );
+    let (_, body) = get_json(http, &api).await;
+    let now: DnsSwingSettings = serde_json::from_value(body).unwrap();
+    assert!(!now.enabled && now.name == changed.name, "{now:?}");
+
+    // Each change is in the audit log, as made or refused.
+    let (_, audit) = get_json(http, &served.url("/appliance/api/v1/audit?limit=1000")).await;
+    let records = audit["records"].as_array().unwrap();
+    let results = |action: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["action"] == action)
+            .map(|r| r["result"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The form and its API call share one name.
+    let all = results("failover.dns.set");
+    assert!(all.len() >= 4, "{all:?}");
+    let api_put = all.clone();
+    assert!(api_put.iter().any(|r| r == "ok"), "{audit}");
+    assert!(
+        api_put.iter().any(|r| r.starts_with("refused: 400")),
+        "{api_put:?}"
+    );
+    let form = all;
+    assert!(form.iter().any(|r| r == "ok"), "{form:?}");
+    assert!(
+        form.iter().any(|r| r.starts_with("refused: 422")),
+        "{form:?}"
+    );
 }

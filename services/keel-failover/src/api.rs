@@ -109,7 +109,22 @@ async fn dns(State(d): State<Arc<Daemon>>) -> Answer<DnsConfig> {
     d.dns().await.map(Json).map_err(fail)
 }
 
-async fn set_dns(State(d): State<Arc<Daemon>>, Json(req): Json<DnsConfig>) -> Answer<DnsConfig> {
+/// The body is checked here rather than by axum's `Json<DnsConfig>`: a refusal
+/// (`ttl: 0 s: 1-300 s ...`, `listen: [1] "x": invalid socket address syntax`) is
+/// a 400 `ErrorBody` naming the field, which the console and keelctl show as is.
+async fn set_dns(
+    State(d): State<Arc<Daemon>>,
+    Json(body): Json<serde_json::Value>,
+) -> Answer<DnsConfig> {
+    let req: DnsConfig = serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        };
+        (StatusCode::BAD_REQUEST, Json(ErrorBody { error: message }))
+    })?;
     d.set_dns(req).await.map(Json).map_err(fail)
 }
 

@@ -82,7 +82,13 @@ struct Running {
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
     /// The DNS swing server and the task that feeds it the engine's view.
-    dns: Option<tokio::task::JoinHandle<()>>,
+    dns: Option<DnsTask>,
+}
+
+/// A running DNS swing server: its task (server and feed) and where it answers.
+struct DnsTask {
+    task: tokio::task::JoinHandle<()>,
+    addrs: Vec<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -286,9 +292,9 @@ impl Daemon {
             .dns_settings()
             .map_err(|e| failure(500, e.to_string()))?;
         if let (Some(cfg), Some(running)) = (inner.cfg.clone(), inner.engine.as_mut()) {
-            if let Some(task) = running.dns.take() {
-                task.abort();
-                let _ = task.await;
+            if let Some(dns) = running.dns.take() {
+                dns.task.abort();
+                let _ = dns.task.await;
             }
             match dns_swing(&dns, &cfg, running.snapshot.clone()).await {
                 Ok(task) => running.dns = task,
@@ -338,7 +344,7 @@ impl Daemon {
     async fn stop_engine(inner: &mut Inner) {
         if let Some(r) = inner.engine.take() {
             if let Some(dns) = r.dns {
-                dns.abort();
+                dns.task.abort();
             }
             drop(r.commands);
             let _ = r.task.await;
@@ -395,6 +401,14 @@ impl Daemon {
                 }),
             engine: Self::engine_status(inner),
             last_sync: inner.last_sync.clone(),
+            // A server whose task ended (a listener failed for good) answers no more.
+            dns_listening: inner
+                .engine
+                .as_ref()
+                .and_then(|r| r.dns.as_ref())
+                .filter(|d| !d.task.is_finished())
+                .map(|d| d.addrs.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -1211,20 +1225,13 @@ async fn send_sync(ch: &mut Channel, cfg: &Config, bundle: &[u8]) -> Result<(), 
     ch.send_bytes(bundle).await
 }
 
-/// Keeps the heartbeat path out of swap once there is an engine: a page fault
-/// on a loaded box is exactly the delay that makes a peer look dead. Pages are
-/// locked as they are first touched (`MCL_ONFAULT`): what the engine uses stays
-/// resident, the rest of the binary and the idle thread stacks are not faulted in
-/// (locking them all up front tripled the paired daemon's RSS). Unpaired, nothing
-/// is time-critical and nothing is locked. Needs CAP_IPC_LOCK or a large
-/// RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit); without them it only logs.
 /// Starts the DNS swing server when the config enables it: it answers with
 /// whoever the engine says is primary, checked every heartbeat interval.
 async fn dns_swing(
     dns: &DnsConfig,
     cfg: &Config,
     snapshot: Arc<Mutex<Snapshot>>,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Option<DnsTask>> {
     let (tx, rx) = tokio::sync::watch::channel(crate::dns::Who::Unknown);
     // A server just stopped closes its sockets when its tasks are next polled:
     // a few short retries cover that instead of failing the rebind.
@@ -1241,7 +1248,8 @@ async fn dns_swing(
         }
     };
     let (interval, window) = (cfg.interval(), cfg.window_ms);
-    Ok(Some(tokio::spawn(async move {
+    let addrs = server.local_addrs().to_vec();
+    let task = tokio::spawn(async move {
         let feed = async {
             let mut tick = tokio::time::interval(interval);
             loop {
@@ -1255,9 +1263,17 @@ async fn dns_swing(
             r = server.run() => if let Err(e) = r { tracing::error!("DNS swing: {e}") },
             () = feed => {}
         }
-    })))
+    });
+    Ok(Some(DnsTask { task, addrs }))
 }
 
+/// Keeps the heartbeat path out of swap once there is an engine: a page fault
+/// on a loaded box is exactly the delay that makes a peer look dead. Pages are
+/// locked as they are first touched (`MCL_ONFAULT`): what the engine uses stays
+/// resident, the rest of the binary and the idle thread stacks are not faulted in
+/// (locking them all up front tripled the paired daemon's RSS). Unpaired, nothing
+/// is time-critical and nothing is locked. Needs CAP_IPC_LOCK or a large
+/// RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit); without them it only logs.
 fn lock_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

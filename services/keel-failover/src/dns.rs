@@ -9,7 +9,7 @@
 //! Off unless `enabled`. See README.md, *DNS swing*.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,12 +19,13 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use keel_api::DnsSwingSettings;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub const DEFAULT_TTL: u32 = 5;
+pub const DEFAULT_TTL: u32 = keel_api::DNS_SWING_DEFAULT_TTL;
 pub const MAX_TTL: u32 = 300;
 /// Addresses per node: keeps an A/AAAA answer below 512 bytes even for a 253-byte
 /// name (no truncation, no TCP retry for plain UDP clients).
@@ -87,130 +88,55 @@ impl Who {
     }
 }
 
-/// The DNS swing settings (`"dns"` in the failover config). Deserializing
-/// validates and normalizes (lowercase names); errors name the field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawDnsConfig")]
-pub struct DnsConfig {
-    pub enabled: bool,
-    /// The site hostname, e.g. `portal.example.com` (lowercase, no trailing dot).
-    pub name: Option<String>,
-    /// Where to answer, UDP and TCP on each.
-    pub listen: Vec<SocketAddr>,
-    /// TTL of the A/AAAA answers and of negative answers, seconds.
-    pub ttl: u32,
-    /// What this node publishes while it is primary.
-    pub this_node: Vec<IpAddr>,
-    /// What the peer publishes while it is primary.
-    pub peer_node: Vec<IpAddr>,
-    /// The names the parent zone's NS records give the two appliances (e.g.
-    /// `kf-a.example.com`, `kf-b.example.com`); the zone's own NS set, so a
-    /// resolver that asks the child sees the same delegation. Not inside `name`:
-    /// this server answers no glue.
-    pub nameservers: Vec<String>,
-}
+/// The DNS swing settings, checked: [`keel_api::DnsSwingSettings`] (the one model
+/// the console and keelctl see) once it passed [`DnsConfig::validate`], names
+/// lowercased. Deserializing validates; errors name the field. Reads as the
+/// settings it holds (`cfg.ttl`, `cfg.listen`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "DnsSwingSettings")]
+pub struct DnsConfig(DnsSwingSettings);
 
-pub fn default_listen() -> Vec<SocketAddr> {
-    vec![
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 53)),
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 53)),
-    ]
-}
+impl std::ops::Deref for DnsConfig {
+    type Target = DnsSwingSettings;
 
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            name: None,
-            listen: default_listen(),
-            ttl: DEFAULT_TTL,
-            this_node: Vec::new(),
-            peer_node: Vec::new(),
-            nameservers: Vec::new(),
-        }
+    fn deref(&self) -> &DnsSwingSettings {
+        &self.0
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDnsConfig {
-    #[serde(default)]
-    enabled: bool,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default = "default_listen", deserialize_with = "one_or_many")]
-    listen: Vec<SocketAddr>,
-    #[serde(default = "default_ttl")]
-    ttl: u32,
-    #[serde(default, deserialize_with = "one_or_many")]
-    this_node: Vec<IpAddr>,
-    #[serde(default, deserialize_with = "one_or_many")]
-    peer_node: Vec<IpAddr>,
-    #[serde(default, deserialize_with = "one_or_many")]
-    nameservers: Vec<String>,
+/// Written as the plain settings (`dns.json`, the local API's answers).
+impl Serialize for DnsConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
-fn default_ttl() -> u32 {
-    DEFAULT_TTL
+impl DnsConfig {
+    pub fn settings(&self) -> &DnsSwingSettings {
+        &self.0
+    }
 }
 
-impl TryFrom<RawDnsConfig> for DnsConfig {
+pub fn default_listen() -> Vec<SocketAddr> {
+    keel_api::dns_swing_default_listen()
+}
+
+impl TryFrom<DnsSwingSettings> for DnsConfig {
     type Error = DnsError;
 
-    fn try_from(raw: RawDnsConfig) -> Result<Self, DnsError> {
-        let name = match raw.name {
-            Some(n) => Some(hostname("name", &n)?.0),
-            None => None,
-        };
-        let nameservers = raw
+    fn try_from(mut raw: DnsSwingSettings) -> Result<Self, DnsError> {
+        if let Some(n) = &raw.name {
+            raw.name = Some(hostname("name", n)?.0);
+        }
+        raw.nameservers = raw
             .nameservers
             .iter()
             .enumerate()
             .map(|(i, n)| hostname(&format!("nameservers[{i}]"), n).map(|(s, _)| s))
             .collect::<Result<_, _>>()?;
-        let cfg = Self {
-            enabled: raw.enabled,
-            name,
-            listen: raw.listen,
-            ttl: raw.ttl,
-            this_node: raw.this_node,
-            peer_node: raw.peer_node,
-            nameservers,
-        };
+        let cfg = Self(raw);
         cfg.validate()?;
         Ok(cfg)
-    }
-}
-
-/// Accepts one value or a list, each parsed from its string form (`"[::]:53"`,
-/// `"192.0.2.1"`); the error names the item.
-fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        One(String),
-        Many(Vec<String>),
-    }
-    let parse = |i: Option<usize>, s: &str| {
-        s.parse::<T>().map_err(|e| {
-            let at = i.map(|i| format!("[{i}] ")).unwrap_or_default();
-            serde::de::Error::custom(format!("{at}{s:?}: {e}"))
-        })
-    };
-    match Form::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))?
-    {
-        Form::One(s) => Ok(vec![parse(None, &s)?]),
-        Form::Many(v) => v
-            .iter()
-            .enumerate()
-            .map(|(i, s)| parse(Some(i), s))
-            .collect(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `keelctl failover ...`: the pair through keel-failover's local socket: show,
 //! establish, sync, become-primary, break, auto-takeover, and the inter-appliance
 //! key (`psk show|set|generate`; `set` reads the key from stdin or
-//! `KEEL_FAILOVER_PSK`, never from the command line, where other users could see it).
+//! `KEEL_FAILOVER_PSK`, never from the command line, where other users could see it),
+//! and DNS swing (`dns`, `dns set`: only the settings given change).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -9,9 +10,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use keel_api::{
-    AutoTakeoverRequest, EstablishRequest, FailoverOverview, NetState, PskBody, SyncReport,
+    split_list, AutoTakeoverRequest, DnsSwingServer, DnsSwingSettings, EstablishRequest,
+    FailoverOverview, NetState, PskBody, SyncReport,
 };
 use keel_core::local_api::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Where `psk set` takes the key from when standard input is not used.
 pub const PSK_ENV: &str = "KEEL_FAILOVER_PSK";
@@ -93,6 +97,183 @@ pub enum FailoverCommand {
         #[command(subcommand)]
         command: PskCommand,
     },
+    /// DNS swing: this node's settings (node-local, not synced) and whether its
+    /// server answers; `dns set` changes them.
+    Dns {
+        #[command(subcommand)]
+        command: Option<DnsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DnsCommand {
+    /// Change the settings given; the others stay as they are. Lists are comma
+    /// separated; an empty value clears (`--name ''`, `--listen ''` = port 53 on
+    /// every address).
+    Set(DnsSetArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DnsSetArgs {
+    /// Turn DNS swing on (needs name, both nodes' addresses and nameservers).
+    #[arg(long, conflicts_with = "disable")]
+    enable: bool,
+    /// Turn it off: nothing answers DNS on this node.
+    #[arg(long)]
+    disable: bool,
+    /// The site hostname, e.g. portal.example.com.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// TTL of the answers, 1-300 s.
+    #[arg(long, value_name = "SECONDS")]
+    ttl: Option<u32>,
+    /// This node's addresses, published while it is primary.
+    #[arg(long, value_name = "ADDR,...")]
+    this_node: Option<String>,
+    /// The peer's addresses, published while it is primary.
+    #[arg(long, value_name = "ADDR,...")]
+    peer_node: Option<String>,
+    /// The names the parent zone's NS records give the two appliances.
+    #[arg(long, value_name = "NAME,...")]
+    nameservers: Option<String>,
+    /// Where the server answers (UDP and TCP).
+    #[arg(long, value_name = "ADDR:PORT,...")]
+    listen: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl DnsSetArgs {
+    /// `current` (the settings as keel-failover gave them) with what was given
+    /// changed. Values stay text: keel-failover parses and checks them, and its
+    /// refusal names the field.
+    fn apply(&self, mut current: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let Some(obj) = current.as_object_mut() else {
+            bail!("unexpected DNS swing settings: {current}");
+        };
+        if self.enable || self.disable {
+            obj.insert("enabled".into(), self.enable.into());
+        }
+        if let Some(n) = &self.name {
+            let n = n.trim();
+            obj.insert(
+                "name".into(),
+                if n.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    n.into()
+                },
+            );
+        }
+        if let Some(t) = self.ttl {
+            obj.insert("ttl".into(), t.into());
+        }
+        let lists = [
+            ("this_node", &self.this_node),
+            ("peer_node", &self.peer_node),
+            ("nameservers", &self.nameservers),
+        ];
+        for (field, value) in lists {
+            if let Some(v) = value {
+                obj.insert(field.into(), split_list(v).into());
+            }
+        }
+        match self.listen.as_deref().map(split_list) {
+            // Empty: keel-failover's default (port 53 on every address).
+            Some(l) if l.is_empty() => {
+                obj.remove("listen");
+            }
+            Some(l) => {
+                obj.insert("listen".into(), l.into());
+            }
+            None => {}
+        }
+        Ok(current)
+    }
+}
+
+pub fn render_dns(s: &DnsSwingSettings, server: DnsSwingServer) -> String {
+    let answering = match (server, server.silent_because()) {
+        (DnsSwingServer::Answering(on), _) => {
+            format!("answering on {} (UDP and TCP)", on.join(", "))
+        }
+        (_, Some(why)) => format!("not answering: {why}"),
+        _ => "not answering (off)".into(),
+    };
+    let join = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
+        "dns swing:   {}\nname:        {}\nttl:         {} s\nthis node:   {}\npeer node:   {}\n\
+         nameservers: {}\nlisten:      {}\nserver:      {answering}\n",
+        if s.enabled { "on" } else { "off" },
+        s.name.as_deref().unwrap_or("-"),
+        s.ttl,
+        join(s.this_node.iter().map(ToString::to_string).collect()),
+        join(s.peer_node.iter().map(ToString::to_string).collect()),
+        join(s.nameservers.clone()),
+        join(s.listen.iter().map(ToString::to_string).collect()),
+    )
+}
+
+/// keel-failover's socket on the box, or with `--url` the console's API (which
+/// forwards to it: the same answers and refusals).
+enum Api<'a> {
+    Local(Client),
+    Remote(&'a crate::remote::Remote),
+}
+
+impl Api<'_> {
+    /// `path` as keel-failover names it (`/status`, `/dns`).
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<R> {
+        match self {
+            Api::Local(c) => Ok(c.call(method, path, body).await?),
+            Api::Remote(r) => {
+                let path = match path {
+                    "/status" => "/failover".to_owned(),
+                    p => format!("/failover{p}"),
+                };
+                r.call(method, &path, body).await
+            }
+        }
+    }
+}
+
+async fn dns(api: Api<'_>, set: Option<DnsSetArgs>, json: bool) -> anyhow::Result<()> {
+    let (settings, json) = match set {
+        None => (
+            api.call::<(), DnsSwingSettings>("GET", "/dns", None)
+                .await?,
+            json,
+        ),
+        Some(args) => {
+            let current: serde_json::Value = api.call::<(), _>("GET", "/dns", None).await?;
+            let wanted = args.apply(current)?;
+            let s: DnsSwingSettings = api
+                .call("PUT", "/dns", Some(&wanted))
+                .await
+                .context("DNS swing not changed")?;
+            (s, json || args.json)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+        return Ok(());
+    }
+    let o: FailoverOverview = api.call::<(), _>("GET", "/status", None).await?;
+    print!("{}", render_dns(&settings, o.dns_server(&settings)));
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -242,11 +423,19 @@ fn print<T: serde::Serialize>(
 
 pub async fn run(args: FailoverArgs, remote: Option<&crate::remote::Remote>) -> anyhow::Result<()> {
     if let Some(r) = remote {
-        let FailoverCommand::Show { json } = args.command else {
-            return Err(crate::remote::local_only("failover (other than show)"));
+        return match args.command {
+            FailoverCommand::Show { json } => {
+                let o: FailoverOverview = r.get("/failover").await?;
+                print(json, &o, render_overview)
+            }
+            FailoverCommand::Dns { command, json } => {
+                let set = command.map(|DnsCommand::Set(a)| a);
+                dns(Api::Remote(r), set, json).await
+            }
+            _ => Err(crate::remote::local_only(
+                "failover (other than show and dns)",
+            )),
         };
-        let o: FailoverOverview = r.get("/failover").await?;
-        return print(json, &o, render_overview);
     }
     let failover = Client::new(&args.socket);
     match args.command {
@@ -326,6 +515,10 @@ pub async fn run(args: FailoverArgs, remote: Option<&crate::remote::Remote>) -> 
             };
             println!("{}", b.psk);
         }
+        FailoverCommand::Dns { command, json } => {
+            let set = command.map(|DnsCommand::Set(a)| a);
+            dns(Api::Local(failover), set, json).await?;
+        }
     }
     Ok(())
 }
@@ -342,6 +535,7 @@ mod tests {
             peer: None,
             engine: None,
             last_sync: None,
+            dns_listening: vec![],
         }
     }
 
@@ -399,6 +593,35 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing in:\n{text}");
         }
+    }
+
+    #[test]
+    fn dns_set_changes_only_what_is_given() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            set: DnsSetArgs,
+        }
+        let current = serde_json::json!({"enabled": true, "name": "a.example.com",
+            "listen": ["192.0.2.1:53"], "ttl": 5, "this_node": ["192.0.2.1"],
+            "peer_node": ["192.0.2.2"], "nameservers": ["ns.example.net"]});
+        let args = |a: &[&str]| Cli::parse_from([&["x"][..], a].concat()).set;
+        let v = args(&["--ttl", "9", "--peer-node", "192.0.2.3, 2001:db8::3"])
+            .apply(current.clone())
+            .unwrap();
+        let mut want = current.clone();
+        want["ttl"] = 9.into();
+        want["peer_node"] = serde_json::json!(["192.0.2.3", "2001:db8::3"]);
+        assert_eq!(v, want);
+        // Empty clears: no name, the default listen addresses; --disable turns off.
+        let v = args(&["--disable", "--name", "", "--listen", ""])
+            .apply(current.clone())
+            .unwrap();
+        assert_eq!(v["enabled"], false);
+        assert!(v["name"].is_null() && v.get("listen").is_none(), "{v}");
+        assert_eq!(v["nameservers"], current["nameservers"]);
+        assert!(Cli::try_parse_from(["x", "--enable", "--disable"]).is_err());
     }
 
     #[test]

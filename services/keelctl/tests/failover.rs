@@ -1,7 +1,8 @@
 //! `keelctl failover` against the real keel-failover, started unpaired in a
 //! temporary directory: show, the key (set from stdin and from the environment,
 //! refused when too short), establish refused with keel-failover's reason,
-//! break without --yes.
+//! break without --yes, DNS swing shown, set field by field and refused with the
+//! field named.
 
 mod common;
 
@@ -141,6 +142,100 @@ fn failover_commands_against_keel_failover() {
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("keel-netd"), "{}", text(&o));
+
+    // DNS swing: off until set; `dns set` changes only what it is given.
+    let dns_json = |d: &Path| {
+        let o = keelctl(d, &["failover", "dns", "--json"], None, None);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(dns_json(d)["enabled"], false);
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let o = keelctl(
+        d,
+        &[
+            "failover",
+            "dns",
+            "set",
+            "--enable",
+            "--name",
+            "Portal.Example.TEST",
+            "--ttl",
+            "9",
+            "--this-node",
+            "192.0.2.10",
+            "--peer-node",
+            "198.51.100.20, 2001:db8::20",
+            "--nameservers",
+            "ns-a.example.net,ns-b.example.net",
+            "--listen",
+            &listen,
+        ],
+        None,
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v = dns_json(d);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "enabled": true, "name": "portal.example.test", "ttl": 9,
+            "this_node": ["192.0.2.10"], "peer_node": ["198.51.100.20", "2001:db8::20"],
+            "nameservers": ["ns-a.example.net", "ns-b.example.net"], "listen": [listen],
+        }),
+        "{v}"
+    );
+    // Unpaired, no engine runs, so neither does the server: the text says so.
+    let o = keelctl(d, &["failover", "dns"], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    for want in [
+        "dns swing:   on",
+        "name:        portal.example.test",
+        "peer node:   198.51.100.20, 2001:db8::20",
+        "not answering: the server runs while the takeover engine does",
+    ] {
+        assert!(text(&o).contains(want), "{want:?} in {}", text(&o));
+    }
+    let o = keelctl(d, &["failover", "dns", "set", "--ttl", "30"], None, None);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut want = v.clone();
+    want["ttl"] = 30.into();
+    assert_eq!(dns_json(d), want, "only the TTL changed");
+    // Refused values: keel-failover's reason naming the field, non-zero, nothing
+    // changed.
+    for (args, reason) in [
+        (&["--ttl", "0"][..], "ttl: 0 s: 1-300 s"),
+        (
+            &["--this-node", "192.0.2.10,300.1.1.1"][..],
+            "this_node: [1] \"300.1.1.1\"",
+        ),
+        (
+            &["--name", "bad_name.example"][..],
+            "name: \"bad_name.example\" is not a DNS hostname",
+        ),
+        (&["--name", ""][..], "name: the site hostname is required"),
+    ] {
+        let o = keelctl(
+            d,
+            &[&["failover", "dns", "set"][..], args].concat(),
+            None,
+            None,
+        );
+        assert!(!o.status.success(), "{args:?} accepted: {}", text(&o));
+        assert!(text(&o).contains(reason), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("DNS swing not changed"), "{}", text(&o));
+    }
+    assert_eq!(dns_json(d), want, "a refused change changed something");
+    let o = keelctl(
+        d,
+        &["failover", "dns", "set", "--disable", "--json"],
+        None,
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let off: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(off["enabled"], false, "{off}");
+    assert_eq!(off["name"], "portal.example.test", "{off}");
 
     let o = keelctl(d, &["failover", "break"], None, None);
     assert!(!o.status.success());
