@@ -1,12 +1,13 @@
 //! Factory reset on the real image: from the API, and from the boot menu driven on
-//! the serial line. Afterwards nothing of the old identity is on the disk.
+//! the serial line (afterwards nothing of the old identity is on the disk); a power
+//! cut in the middle of a reset; the admin password reset from the local menu.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_qemu_tests::{
-    cert_file, image_or_skip, json_post, openssl, set_up_admin, Vm, BOOT_CEILING, POWEROFF_CEILING,
-    READY_MARKER,
+    cert_file, image_or_skip, json_post, log_in, openssl, set_up_admin, Firmware, Vm, BOOT_CEILING,
+    POWEROFF_CEILING, READY_MARKER,
 };
 use serde_json::json;
 
@@ -38,6 +39,39 @@ async fn wait_boots(vm: &mut Vm, n: usize) {
         .await
         .unwrap();
     vm.wait_https(BOOT_CEILING).await.unwrap();
+}
+
+/// POSTs `body` to the console API's `path` with the CSRF token: status and body.
+async fn post(
+    http: &reqwest::Client,
+    vm: &Vm,
+    csrf: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    json_post(
+        http,
+        &vm.url(&format!("/appliance/api/v1{path}")),
+        body,
+        Some(csrf),
+    )
+    .await
+    .unwrap()
+}
+
+/// The admin's login with `password` from a new client: the answer's status and
+/// body, and the certificate the console showed that client.
+async fn try_log_in(vm: &Vm, password: &str) -> (u16, serde_json::Value, Vec<u8>) {
+    let (http, seen) = vm.client();
+    let (st, body) = json_post(
+        &http,
+        &vm.url("/appliance/api/v1/login"),
+        json!({"username": "admin", "password": password}),
+        None,
+    )
+    .await
+    .unwrap();
+    (st, body, seen.seen_der().unwrap())
 }
 
 async fn set_up(vm: &Vm) -> (reqwest::Client, String, Vec<u8>) {
@@ -115,14 +149,7 @@ async fn factory_reset_from_api_and_boot_menu() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
-    let (st, body) = json_post(
-        &http,
-        &vm.url("/appliance/api/v1/net/confirm"),
-        json!({}),
-        Some(&csrf),
-    )
-    .await
-    .unwrap();
+    let (st, body) = post(&http, &vm, &csrf, "/net/confirm", json!({})).await;
     assert_eq!(st, 200, "{body}");
     // Written through to the disk: the scan sees all of it before the reset (it can
     // find things).
@@ -187,18 +214,11 @@ async fn factory_reset_from_api_and_boot_menu() {
     let (http, csrf, cert2) = set_up(&vm).await;
     let line2 = pem_line(&cert2);
     let grub_before = vm.serial().matches("GNU GRUB").count();
-    let (st, _) = json_post(
-        &http,
-        &vm.url("/appliance/api/v1/system/reboot"),
-        json!({}),
-        Some(&csrf),
-    )
-    .await
-    .unwrap();
+    let (st, _) = post(&http, &vm, &csrf, "/system/reboot", json!({})).await;
     assert_eq!(st, 202);
-    let deadline = std::time::Instant::now() + BOOT_CEILING;
+    let deadline = Instant::now() + BOOT_CEILING;
     while vm.serial().matches("GNU GRUB").count() <= grub_before {
-        assert!(std::time::Instant::now() < deadline, "{}", vm.serial_tail());
+        assert!(Instant::now() < deadline, "{}", vm.serial_tail());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     vm.type_serial("f").unwrap();
@@ -212,14 +232,7 @@ async fn factory_reset_from_api_and_boot_menu() {
 
     // Power off cleanly so the disk image holds everything the guest wrote, then
     // scan it as a thief with the disk in hand would.
-    let (st, _) = json_post(
-        &http,
-        &vm.url("/appliance/api/v1/system/shutdown"),
-        json!({}),
-        Some(&csrf),
-    )
-    .await
-    .unwrap();
+    let (st, _) = post(&http, &vm, &csrf, "/system/shutdown", json!({})).await;
     assert_eq!(st, 202);
     vm.wait_exit(Duration::from_secs(120)).await.unwrap();
 
@@ -237,18 +250,15 @@ async fn factory_reset_from_api_and_boot_menu() {
 }
 
 /// The local console menu on the serial line: "Reset the admin password", confirmed
-/// with `yes`, ends the old password and sessions and shows a new setup code, which
-/// sets a new password through the web setup.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_menu_resets_admin_password() {
-    let Some(image) = image_or_skip() else {
-        return;
-    };
-    let mut vm = Vm::start("menu-reset", &image).unwrap();
-    wait_boots(&mut vm, 1).await;
+/// with `yes`, ends the old password (`password`) and the session `http` and shows a
+/// new setup code, which sets `new_password` through the web setup.
+async fn local_menu_resets_admin_password(
+    vm: &mut Vm,
+    http: &reqwest::Client,
+    password: &str,
+    new_password: &str,
+) -> (reqwest::Client, String) {
     let code1 = vm.setup_code().unwrap();
-    let (http, _, _) = set_up(&vm).await;
-
     // Item 3 of the menu, then its confirmation.
     vm.type_serial("3\r").unwrap();
     vm.wait_serial(
@@ -258,14 +268,14 @@ async fn local_menu_resets_admin_password() {
     .await
     .unwrap();
     vm.type_serial("yes\r").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let code2 = loop {
         match vm.setup_code() {
             Some(c) if c != code1 => break c,
             _ => {}
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "no new setup code after the menu's password reset\n{}",
             vm.serial_tail()
         );
@@ -284,28 +294,86 @@ async fn local_menu_resets_admin_password() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401, "old session still valid");
-    let (http2, _) = vm.client();
-    let (st, body) = json_post(
-        &http2,
-        &vm.url("/appliance/api/v1/login"),
-        json!({"username": "admin", "password": PASSWORD}),
-        None,
-    )
-    .await
-    .unwrap();
+    let (st, body, _) = try_log_in(vm, password).await;
     assert!(st == 401 || st == 409, "old password: {st} {body}");
 
     // The new code (the last one on the serial line) sets a new password.
     assert_eq!(vm.setup_code().as_deref(), Some(code2.as_str()));
-    let (http3, csrf3, _) = set_up_admin(&vm, "new console password").await.unwrap();
-    let (st, body) = json_post(
-        &http3,
-        &vm.url("/appliance/api/v1/system/shutdown"),
-        json!({}),
-        Some(&csrf3),
+    let (http, csrf, _) = set_up_admin(vm, new_password).await.unwrap();
+    (http, csrf)
+}
+
+const ERASING: &str = "keel-reset: factory reset: erasing";
+const ERASED: &str = "keel-reset: data erased";
+/// A larger disk makes the erase take long enough to cut into it.
+const GROW: u64 = 16 << 30;
+
+/// A power cut in the middle of a factory reset: the next boot resumes the reset and
+/// ends with a factory-fresh appliance, never a half-erased or unbootable one. The
+/// same VM then resets the admin password from the local menu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_reset_resumes_after_a_power_cut_and_local_menu_resets_the_password() {
+    let Some(image) = image_or_skip() else {
+        return;
+    };
+    let mut vm = Vm::start_grown("powercut", &image, Firmware::Bios, GROW).unwrap();
+    wait_boots(&mut vm, 1).await;
+    let first_code = vm.setup_code().unwrap();
+    let (http, csrf, first_cert) = set_up(&vm).await;
+
+    let (st, body) = post(
+        &http,
+        &vm,
+        &csrf,
+        "/system/factory-reset",
+        json!({"confirm": "RESET"}),
     )
-    .await
-    .unwrap();
+    .await;
+    assert_eq!(st, 202, "{body}");
+
+    // Pull the plug as soon as the erase has started.
+    let deadline = Instant::now() + BOOT_CEILING;
+    while !vm.serial().contains(ERASING) {
+        assert!(Instant::now() < deadline, "no erase\n{}", vm.serial_tail());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    vm.kill();
+    let cut_mid_erase = !vm.serial().contains(ERASED);
+    eprintln!(
+        "power cut {} the erase had finished",
+        if cut_mid_erase { "before" } else { "after" }
+    );
+
+    // The next boot carries the reset out again, to the end.
+    vm.boot().unwrap();
+    wait_boots(&mut vm, 1).await;
+    let serial = vm.serial();
+    if cut_mid_erase {
+        assert!(
+            serial.contains(ERASING) && serial.contains(ERASED),
+            "reset not resumed after the power cut\n{}",
+            vm.serial_tail()
+        );
+    }
+    let code = vm.setup_code().expect("a new setup code after the reset");
+    assert_ne!(code, first_code);
+    let (st, _, cert) = try_log_in(&vm, PASSWORD).await;
+    assert_ne!(st, 200, "the old password still works");
+    assert_ne!(cert, first_cert, "same certificate after the reset");
+
+    // The reset is over: set up, reboot, and nothing is erased again.
+    let (http, csrf, _) = set_up_admin(&vm, "a new console password").await.unwrap();
+    let erases = vm.serial().matches(ERASING).count();
+    let (st, body) = post(&http, &vm, &csrf, "/system/reboot", json!({})).await;
+    assert_eq!(st, 202, "{body}");
+    wait_boots(&mut vm, 2).await;
+    assert_eq!(vm.serial().matches(ERASING).count(), erases, "erased again");
+    let (http, _) = log_in(&vm, "a new console password").await.unwrap();
+
+    let (http, csrf) =
+        local_menu_resets_admin_password(&mut vm, &http, "a new console password", "menu password")
+            .await;
+    let (st, body) = post(&http, &vm, &csrf, "/system/shutdown", json!({})).await;
     assert_eq!(st, 202, "{body}");
     vm.wait_exit(POWEROFF_CEILING).await.unwrap();
 }
