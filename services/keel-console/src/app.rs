@@ -143,38 +143,45 @@ impl AppState {
     /// enough to make on the runtime's thread, and the very bytes of the last
     /// answer while nothing in it changed (a monitoring poll gets them).
     pub fn status_json_kept(&self) -> Option<axum::body::Bytes> {
+        let (addresses_version, addresses) = self.live.addresses.current();
+        let (boot_version, boot) = self.live.boot.current();
         let key = status::AnswerKey {
             status: self.status_cache.kept_serial()?,
             unix_second: status::unix_second_now(),
             uptime_seconds: status::uptime_now(),
-            addresses: self.live.addresses.version(),
-            boot: self.live.boot.version(),
+            addresses: addresses_version,
+            boot: boot_version,
         };
         if let Some(bytes) = self.live.answer(&key) {
             return Some(bytes);
         }
-        let mut status = self.status_cache.kept()?;
-        self.fill_live(&mut status, key.unix_second, key.uptime_seconds);
+        // The very values the key names: reading them again would drain the
+        // event sources a second time and could answer newer ones under this key.
+        let status = Status {
+            time: status::rfc3339(key.unix_second),
+            uptime_seconds: key.uptime_seconds,
+            boot,
+            addresses,
+            ..self.status_cache.kept()?
+        };
         let bytes = axum::body::Bytes::from(serde_json::to_vec(&status).ok()?);
         self.live.keep_answer(key, bytes.clone());
         Some(bytes)
     }
 
     /// `status` with what changes every second read now.
-    fn live(&self, mut status: Status) -> Status {
-        self.fill_live(&mut status, status::unix_second_now(), status::uptime_now());
-        status
-    }
-
-    fn fill_live(&self, status: &mut Status, unix_second: i64, uptime_seconds: u64) {
-        status.time = status::rfc3339(unix_second);
-        status.uptime_seconds = uptime_seconds;
-        // Written at boot and by a trial's end, by root: read again when its
-        // directory says it changed.
-        status.boot = self.live.boot.get();
-        // Changed by netd and keel-failover (a takeover) without the console: the
-        // kernel's list, read again when the kernel announces a change.
-        status.addresses = self.live.addresses.get();
+    fn live(&self, status: Status) -> Status {
+        Status {
+            time: status::rfc3339(status::unix_second_now()),
+            uptime_seconds: status::uptime_now(),
+            // Written at boot and by a trial's end, by root: read again when its
+            // directory says it changed.
+            boot: self.live.boot.get(),
+            // Changed by netd and keel-failover (a takeover) without the console:
+            // the kernel's list, read again when the kernel announces a change.
+            addresses: self.live.addresses.get(),
+            ..status
+        }
     }
 
     /// What `live` does not fill in (left at their defaults here).

@@ -196,8 +196,10 @@ impl<T: Clone> Watched<T> {
         f(*v, t)
     }
 
-    pub fn version(&self) -> u64 {
-        self.with(|v, _| v)
+    /// The value as it is now, with its version: one drain of the event source
+    /// for both (a version and a value taken apart could straddle a change).
+    pub fn current(&self) -> (u64, T) {
+        self.with(|v, t| (v, t.clone()))
     }
 
     pub fn get(&self) -> T {
@@ -543,8 +545,19 @@ mod tests {
             ip("address add 192.0.2.9/24 dev lo");
             assert!(has(&watch, "192.0.2.9/24"), "added: {:?}", watch.get());
             assert_eq!(watch.get(), watch.get(), "unchanged: the same list");
+            let (version, list) = watch.current();
+            assert_eq!(
+                watch.current(),
+                (version, list),
+                "unchanged: no new version"
+            );
             ip("address del 192.0.2.9/24 dev lo");
-            assert!(!has(&watch, "192.0.2.9/24"), "removed: {:?}", watch.get());
+            let (after, list) = watch.current();
+            assert!(after > version, "a change is a new version");
+            assert!(
+                !list.iter().any(|x| x.address == "192.0.2.9/24"),
+                "removed: {list:?}"
+            );
         })
         .join()
         .expect("the namespace test passed");

@@ -113,11 +113,14 @@ fn one_process_serves_two_terminals_and_restarts_each_alone() {
     );
     second.type_in(b"8\n");
     second.wait_for("unknown choice \"8\"", 1, &menu);
+    // A terminal shows its output in order: a start again would have shown the
+    // header before the answer to "8" was read. The header after that answer is a
+    // write of its own and may not be here yet, so it is not counted.
     assert_eq!(
         second.seen.matches(&h2).count(),
-        3,
-        "the second terminal's menu was shown at its start and after each answer, \
-         never started again:\n{}",
+        2,
+        "the second terminal's menu was shown at its start and after the first \
+         answer, never started again:\n{}",
         second.seen
     );
     first.type_in(b"7\n");
