@@ -695,8 +695,11 @@ fn esp_offset(raw: &Path) -> Result<u64> {
 }
 
 pub fn setup_code_in(serial: &str) -> Option<String> {
+    // Whole lines only: the serial log grows a few bytes at a time, and a line
+    // still being written would give a prefix of the code.
     serial
-        .lines()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .filter_map(|l| l.split("Setup code: ").nth(1))
         .map(|c| c.trim().chars().take_while(|c| *c != '\r').collect())
         .next_back()
@@ -901,6 +904,12 @@ mod tests {
         let s = "\u{1b}[H junk\r\nKeel 0.1.0 console: https://10.0.2.15/appliance\r\nSetup code: AB2C-DEFG-HJKL\r\nKEEL-READY\r\n";
         assert_eq!(super::setup_code_in(s).as_deref(), Some("AB2C-DEFG-HJKL"));
         assert_eq!(super::setup_code_in("nothing"), None);
+        // A line still being written does not count; the last whole one does.
+        let growing = format!("{s}Setup code: ZZ9Y-X");
+        assert_eq!(
+            super::setup_code_in(&growing).as_deref(),
+            Some("AB2C-DEFG-HJKL")
+        );
     }
 
     #[test]

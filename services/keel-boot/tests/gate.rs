@@ -267,6 +267,9 @@ fn services_that_come_up_during_the_wait_pass_the_gate() {
     b.unit("keel-update", "activating", "start", "success");
     let dir = b.p().to_path_buf();
     let port = closed_port();
+    // The console stays up until the gate has answered (not for a fixed time: on a
+    // busy host the gate may look later).
+    let (gate_done, gate_answered) = std::sync::mpsc::channel::<()>();
     let up = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(400));
         // The console listens, then tells systemd it is ready.
@@ -280,10 +283,11 @@ fn services_that_come_up_during_the_wait_pass_the_gate() {
             .unwrap();
             std::fs::rename(f.with_extension("tmp"), f).unwrap();
         }
-        std::thread::sleep(Duration::from_secs(3));
+        let _ = gate_answered.recv_timeout(Duration::from_secs(60));
         drop(l);
     });
     let out = b.mark_good(port, "20");
+    let _ = gate_done.send(());
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("healthy after"), "{}", text(&out));
     assert_eq!(b.state().problem, None);

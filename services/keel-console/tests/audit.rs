@@ -303,7 +303,10 @@ async fn a_change_whose_client_hangs_up_is_finished_and_recorded() {
     let state = common::app_state(data.path(), &identity);
     let done = Arc::new(AtomicBool::new(false));
     let finished = done.clone();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let starting = started.clone();
     let slow = axum::routing::post(move || async move {
+        starting.notify_one();
         tokio::time::sleep(Duration::from_millis(600)).await;
         finished.store(true, Ordering::SeqCst);
         "made"
@@ -326,13 +329,21 @@ async fn a_change_whose_client_hangs_up_is_finished_and_recorded() {
     tokio::spawn(keel_console::tls::serve_https(listener, config, router));
 
     let (http, _) = common::client();
-    let sent = http
-        .post(format!("{base}/appliance/slow-change"))
-        .timeout(Duration::from_millis(150))
-        .send()
-        .await;
+    // The client gives up once the change has started (dropping the request
+    // closes its connection), not after a fixed time: a TLS handshake on a busy
+    // host may take longer than any short timeout.
+    let client = tokio::spawn(async move {
+        http.post(format!("{base}/appliance/slow-change"))
+            .send()
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(20), started.notified())
+        .await
+        .expect("the change started");
+    client.abort();
+    let sent = client.await;
     assert!(
-        sent.is_err(),
+        sent.as_ref().is_err_and(|e| e.is_cancelled()),
         "the client gave up before the answer: {sent:?}"
     );
     assert!(

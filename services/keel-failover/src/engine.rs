@@ -42,6 +42,10 @@ pub enum EngineError {
     Random,
 }
 
+/// Become-primary is refused while a peer of another wire version was heard this
+/// recently (or within one window, if that is longer).
+pub const FOREIGN_PEER_HEARD: Duration = Duration::from_secs(2);
+
 /// `state.json`, format 1 (keel-core `format`).
 pub const STATE_FILE: keel_core::format::FileFormat =
     keel_core::format::FileFormat::first("failover state");
@@ -612,7 +616,10 @@ impl Engine {
         // A live peer of another wire version would not hear the claim and keep
         // the addresses: both would serve them.
         if let Some((at, v)) = self.foreign_version {
-            if at.elapsed() < self.cfg.window() {
+            // Heard within FOREIGN_PEER_HEARD (not one window): a takeover wrongly
+            // allowed is two holders, a refusal wrongly kept is a retry; and a
+            // busy node's packet handling can lag by more than a window.
+            if at.elapsed() < self.cfg.window().max(FOREIGN_PEER_HEARD) {
                 return Err(BecomePrimaryError::Refused(format!(
                     "the peer sends heartbeats of wire version {v} (this node speaks {}): it would not \
                      hear the claim and keep the shared addresses; update it first or stop it",

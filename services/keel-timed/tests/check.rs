@@ -159,8 +159,10 @@ async fn a_dead_server_is_unreachable_within_the_bound() {
         .starts_with("no reply within 0.8 s"));
     let bound = opts.per_server_bound();
     assert!(took >= opts.timeout, "{took:?}");
+    // Upper bound with room for a busy host's timers: what it tells is that the
+    // check ends near its bound, not long after.
     assert!(
-        took < bound + Duration::from_millis(400),
+        took < bound + Duration::from_millis(1500),
         "{took:?} vs {bound:?}"
     );
     // A closed port answers with ICMP: known at once, no waiting for timeouts.
@@ -201,7 +203,8 @@ async fn four_servers_one_dead_give_a_verdict_quickly() {
     // timeout (1 s) rather than after all its retries (4 × 1 s).
     assert_eq!(opts.per_server_bound(), Duration::from_secs(4));
     assert!(took >= opts.timeout, "{took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Under the 4 s of all retries, with room for a busy host.
+    assert!(took < Duration::from_secs(3), "{took:?}");
     eprintln!("4 servers, 1 dead: verdict in {} ms", took.as_millis());
 }
 

@@ -138,8 +138,9 @@ async fn concurrent_requests_share_one_check() {
     let svc = start().await;
     let ok = fake(Behaviour::Skew(0.0)).await;
     svc.set_servers(&[ok.server()]).await;
-    // Let the check that setting the list starts finish first.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The check that setting the list started is over when one asked after it
+    // answers (it joins that check or runs after it): none is left running.
+    svc.check().await;
     let before = ok.requests.load(Ordering::SeqCst);
     let (a, b) = tokio::join!(svc.check(), svc.check());
     assert_eq!(a, b);

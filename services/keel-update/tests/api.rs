@@ -336,7 +336,7 @@ async fn the_binary_serves_its_socket() {
     );
     let c = Client::new(&sock);
     let mut up = false;
-    for _ in 0..250 {
+    for _ in 0..3000 {
         if c.call::<(), UpdateStatus>("GET", "/status", None)
             .await
             .is_ok()
