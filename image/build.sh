@@ -49,6 +49,13 @@ if ((${#missing[@]})); then
   echo "missing in $bin_dir: ${missing[*]} (run 'make build'; the overlay's units run them)" >&2
   exit 1
 fi
+# A unit is enabled by a symlink in a .wants/ directory; systemd ignores a regular
+# file there (a checkout or copy that lost the link leaves the unit off).
+mapfile -t not_links < <(find overlay ${extra:+"$extra"} -path '*/systemd/system/*.wants/*' ! -type l)
+if ((${#not_links[@]})); then
+  echo "not symlinks (the units they name would not start): ${not_links[*]}" >&2
+  exit 1
+fi
 [[ $(id -u) -eq 0 ]] || { echo "image/build.sh needs root (mmdebstrap --mode=root, chroot)" >&2; exit 1; }
 for t in mmdebstrap mksquashfs unsquashfs sfdisk mkfs.vfat mcopy mkfs.ext4 grub-mkimage qemu-img depmod; do
   command -v "$t" >/dev/null || { echo "missing $t: run scripts/deps.sh" >&2; exit 1; }
