@@ -182,6 +182,9 @@ run_keel() {
     grub-editenv "$d/esp/grub/$e" list | grep -qx 'keel_try=b' ||
       { echo "keel-update: no trial of b armed in $e" >&2; exit 1; }
   done
+  # keel-update's own CPU (user + system, its exited threads included): steadier
+  # than wall time on a shared host, and what the install costs the box.
+  keel_cpu_ticks=$(awk '{print $14 + $15}' "/proc/$upd_pid/stat")
   stop "$upd_pid"; upd_pid=
   us=$((t1 - t0))
 }
@@ -224,6 +227,7 @@ for i in $(seq "$rounds"); do
     esac
     check_slot "$p"
     echo "$p $us" >>"$results"
+    if [[ $p == keel ]]; then echo "keel_cpu $((keel_cpu_ticks * 1000000 / $(getconf CLK_TCK)))" >>"$results"; fi
   done
   echo "  round $i done"
 done
@@ -243,6 +247,9 @@ print(f"{'peer':<22}{'s (median)':>11}{'min':>8}{'max':>8}{'MB/s':>9}")
 for n in ("dd", "keel", "rauc"):
     v = rows[n]
     print(f"{label[n]:<22}{med[n]:>11.3f}{min(v):>8.3f}{max(v):>8.3f}{size / med[n] / 1e6:>9.0f}")
+cpu = rows["keel_cpu"]
+print(f"{'keel-update CPU':<22}{statistics.median(cpu):>11.3f}{min(cpu):>8.3f}{max(cpu):>8.3f}"
+      "   (its own user + system time per install)")
 print()
 print(f"keel-update / dd throughput: {med['dd'] / med['keel']:.2f}x (goal >= 0.8x)")
 r = med["rauc"] / med["keel"]
